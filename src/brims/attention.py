@@ -1,0 +1,137 @@
+"""The two attentions of a BRIMs layer: input attention over slots, and communication.
+
+Dimension legend: n = modules of the layer, B = batch, m = units per module,
+S = non-null input slots (1 or 2), H = heads, D = key size per head,
+V = value size per head, A = H * V = attended input per module, P = H * D + A.
+
+Both modules only hold parameters and fold them for a forward pass (``prepare``); the
+per-step math is in the functions below so that a whole time step can be one compiled
+function of plain tensors.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brims.grouped import GroupedLinear
+
+
+class InputAttention(nn.Module):
+    """Each module attends over the slots ``[null, bottom-up, top-down]`` of its layer.
+
+    Per head ``h``: ``q_{k} = h_{t-1,k} W^Q_k`` (per-module weights),
+    ``K_s = x_s W^K_s`` and ``V_s = x_s W^V_s`` (per-slot weights, no bias), and
+    ``p_{k,s} = softmax_s(q_k · K_s / sqrt(D))``. The null slot is a zero vector, so its key and
+    value are exactly zero and its logit exactly 0; it is never materialised.
+    The attended input is ``a_k = concat_h Σ_s p_{k,h,s} V_{s,h}``.
+
+    Note (departure from the released code): the released code feeds top-down only from the
+    top layer into the bottom layer; we feed every layer from the one above, as the paper does.
+    """
+
+    def __init__(
+        self,
+        num_modules: int,
+        module_size: int,
+        bottom_up_size: int,
+        top_down_size: int | None,
+        heads: int,
+        key_size: int,
+        value_size: int,
+    ) -> None:
+        super().__init__()
+        self.heads, self.key_size, self.value_size = heads, key_size, value_size
+        self.query = GroupedLinear(num_modules, module_size, heads * key_size, bias=False)
+        slot_width = heads * key_size + value_size  # keys and values of a slot in one matmul
+        self.bottom_up = nn.Linear(bottom_up_size, slot_width, bias=False)
+        self.top_down = nn.Linear(top_down_size, slot_width, bias=False) if top_down_size else None
+
+    @property
+    def num_slots(self) -> int:
+        """Non-null slots."""
+        return 1 if self.top_down is None else 2
+
+    def scaled_query_weight(self) -> Tensor:
+        """``W^Q / sqrt(D)``: folding the softmax temperature into the weight saves a step op."""
+        return self.query.weight / math.sqrt(self.key_size)
+
+
+def attend_slots(
+    queries: Tensor, slots: Tensor, key_width: int, dropout_mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Input attention for one step.
+
+    Args:
+        queries: ``(n, B, H, D)``, already scaled by ``1/sqrt(D)``.
+        slots: ``(B, S, P)``, each non-null slot's keys then values.
+        key_width: ``H * D``.
+        dropout_mask: ``(n, B, H, S)`` scaled keep-mask, or None.
+
+    Returns:
+        attended input ``(n, B, A)`` and head-averaged attention ``(n, B, 1 + S)`` with the
+        null slot first.
+    """
+    n, batch, heads, _ = queries.shape
+    num_slots = slots.shape[1]
+    keys = slots[..., :key_width].view(batch, num_slots, heads, -1)  # (B, S, H, D)
+    values = slots[..., key_width:].view(batch, num_slots, heads, -1)  # (B, S, H, V)
+    logits = torch.einsum("nbhd,bshd->nbhs", queries, keys)  # (n, B, H, S)
+    probs = F.pad(logits, (1, 0)).softmax(dim=-1)  # (n, B, H, 1 + S), null logit = 0
+    attention = probs.mean(dim=2)  # (n, B, 1 + S)
+    weights = probs[..., 1:]  # the null value is zero: it adds nothing to the sum
+    if dropout_mask is not None:
+        weights = weights * dropout_mask
+    attended = torch.einsum("nbhs,bshv->nbhv", weights, values)  # (n, B, H, V)
+    return attended.reshape(n, batch, -1), attention  # (n, B, A)
+
+
+class Communication(nn.Module):
+    """Active modules read all modules of their layer.
+
+    ``q_k, k_k, v_k = h̃_k W^{QKV}_k`` (per-module, no bias: a key bias would shift every
+    logit of a query equally and a value bias duplicates the output bias),
+    ``o_k = concat_h Σ_j softmax_j(q_k · k_j / sqrt(D)) v_j``,
+    ``[u_k, g_k] = o_k W^O_k + b_k`` and the update is ``σ(g_k) ⊙ tanh(u_k)``, added to active
+    modules only. ``h̃`` is the state after the independent dynamics (inactive modules still
+    hold ``h_{t-1}``), as in the RIMs paper.
+    """
+
+    def __init__(self, num_modules: int, module_size: int, heads: int, key_size: int, value_size: int) -> None:
+        super().__init__()
+        self.heads, self.key_size, self.value_size = heads, key_size, value_size
+        self.qkv = GroupedLinear(num_modules, module_size, heads * (2 * key_size + value_size), bias=False)
+        self.out = GroupedLinear(num_modules, heads * value_size, 2 * module_size, bias=True)
+
+    def scaled_qkv_weight(self) -> Tensor:
+        """``[W^Q / sqrt(D), W^K, W^V]``."""
+        query_width = self.heads * self.key_size
+        weight = self.qkv.weight
+        return torch.cat([weight[..., :query_width] / math.sqrt(self.key_size), weight[..., query_width:]], dim=-1)
+
+
+def communicate(
+    h: Tensor,
+    qkv_weight: Tensor,
+    out_weight: Tensor,
+    out_bias: Tensor,
+    heads: int,
+    key_size: int,
+    dropout_mask: Tensor | None,
+) -> Tensor:
+    """Gated communication update ``(n, B, m)`` for every module (the caller keeps the active ones).
+
+    ``h`` is ``(n, B, m)``; ``dropout_mask`` is ``(B, H, n, n)`` or None.
+    """
+    n, batch, _ = h.shape
+    qkv = torch.bmm(h, qkv_weight).view(n, batch, heads, -1)  # (n, B, H, 2D + V)
+    queries, keys, values = qkv.split([key_size, key_size, qkv.shape[-1] - 2 * key_size], dim=-1)
+    probs = torch.einsum("ibhd,jbhd->bhij", queries, keys).softmax(dim=-1)  # (B, H, n, n)
+    if dropout_mask is not None:
+        probs = probs * dropout_mask
+    read = torch.einsum("bhij,jbhv->ibhv", probs, values).reshape(n, batch, -1)  # (n, B, H*V)
+    update, gate = torch.baddbmm(out_bias.unsqueeze(1), read, out_weight).chunk(2, dim=-1)  # (n, B, m) x2
+    return gate.sigmoid() * update.tanh()

@@ -1,0 +1,133 @@
+"""Typed configuration of a BRIMs network, validated at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+CELL_TYPES = ("lstm", "gru")
+
+
+def _as_tuple(name: str, value: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")
+    if isinstance(value, int):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
+    if not items:
+        raise ValueError(f"{name} must name at least one layer, got {value!r}")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"{name} must contain ints, got {value!r}")
+    return items
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BRIMsConfig:
+    """Everything that defines a BRIMs network (one entry per layer in the tuples).
+
+    Defaults are the authors' released sequential-MNIST configuration: two layers of
+    300 units, 6 and 3 modules, 4 and 2 active.
+
+    Attributes:
+        input_size: features of the input at each step.
+        hidden_sizes: hidden size of each layer; layer ``l`` is ``num_modules[l]`` modules
+            of ``hidden_sizes[l] // num_modules[l]`` units each.
+        num_modules: modules per layer.
+        top_k: modules that update per example per step, per layer (``1..num_modules[l]``).
+        cell: per-module dynamics, ``"lstm"`` or ``"gru"``.
+        top_down: whether layer ``l`` attends to layer ``l+1``'s previous state.
+        communication: whether active modules read their layer through attention.
+        input_heads: heads of the input attention over slots.
+        input_key_size: key/query size per input-attention head.
+        input_value_factor: each module's attended input has ``input_value_factor * m_l``
+            features, split evenly across the input heads.
+        comm_heads: heads of the communication attention.
+        comm_key_size: key/query size per communication head.
+        comm_value_size: value size per communication head.
+        attention_dropout: dropout on the attention probabilities (input and communication).
+        batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
+    """
+
+    input_size: int
+    hidden_sizes: tuple[int, ...] = (300, 300)
+    num_modules: tuple[int, ...] = (6, 3)
+    top_k: tuple[int, ...] = (4, 2)
+    cell: str = "lstm"
+    top_down: bool = True
+    communication: bool = True
+    input_heads: int = 4
+    input_key_size: int = 64
+    input_value_factor: int = 4
+    comm_heads: int = 4
+    comm_key_size: int = 32
+    comm_value_size: int = 32
+    attention_dropout: float = 0.1
+    batch_first: bool = False
+
+    def __post_init__(self) -> None:
+        # Normalise ints and lists to tuples so configs round-trip through YAML/JSON.
+        for name in ("hidden_sizes", "num_modules", "top_k"):
+            object.__setattr__(self, name, _as_tuple(name, getattr(self, name)))
+        for name in (
+            "input_size",
+            "input_heads",
+            "input_key_size",
+            "input_value_factor",
+            "comm_heads",
+            "comm_key_size",
+            "comm_value_size",
+        ):
+            _positive(name, getattr(self, name))
+        lengths = {name: len(getattr(self, name)) for name in ("hidden_sizes", "num_modules", "top_k")}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(
+                "hidden_sizes, num_modules and top_k need one entry per layer, got lengths "
+                + ", ".join(f"{name}={n}" for name, n in lengths.items())
+            )
+        for layer, (hidden, modules, k) in enumerate(zip(self.hidden_sizes, self.num_modules, self.top_k)):
+            _positive(f"hidden_sizes[{layer}]", hidden)
+            _positive(f"num_modules[{layer}]", modules)
+            if hidden % modules:
+                raise ValueError(
+                    f"hidden_sizes[{layer}]={hidden} is not divisible by num_modules[{layer}]={modules}"
+                )
+            if isinstance(k, bool) or not 1 <= k <= modules:
+                raise ValueError(f"top_k[{layer}]={k!r} must be between 1 and num_modules[{layer}]={modules}")
+            value_size = self.input_value_factor * (hidden // modules)
+            if value_size % self.input_heads:
+                raise ValueError(
+                    f"input_value_factor * module size = {value_size} (layer {layer}) is not divisible "
+                    f"by input_heads={self.input_heads}"
+                )
+        if self.cell not in CELL_TYPES:
+            raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
+        for name in ("top_down", "communication", "batch_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_sizes)
+
+    def module_size(self, layer: int) -> int:
+        return self.hidden_sizes[layer] // self.num_modules[layer]
+
+    def to_dict(self) -> dict:
+        """Plain dict (lists for tuples) for YAML/JSON; ``BRIMsConfig(**d)`` reads it back."""
+        return {
+            field.name: list(value) if isinstance(value, tuple) else value
+            for field in dataclasses.fields(self)
+            for value in [getattr(self, field.name)]
+        }

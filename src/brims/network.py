@@ -1,0 +1,431 @@
+"""The BRIMs network over time, its one-step cell, and RIMs.
+
+Dimension legend: T = time steps, B = batch, F = input features, L = layers,
+n_l / m_l = modules / units per module of layer l, P_l = width of one projected slot of
+layer l (keys and values), S_l = non-null slots of layer l.
+
+Per forward pass, everything that does not depend on the recurrent state is computed once
+before the time loop: the folded weights, the bottom layer's bottom-up keys and values for the
+whole sequence, and the attention-dropout masks for all steps. Each step then projects a
+layer's new state once, for both readers of it: the layer above (bottom-up, this step) and the
+layer below (top-down, next step).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from brims.config import BRIMsConfig
+from brims.layer import BRIMsLayer, LayerWeights
+
+logger = logging.getLogger(__name__)
+
+
+class BRIMsState(NamedTuple):
+    """Recurrent state: one ``(B, hidden_sizes[l])`` tensor per layer in ``h`` and ``c``.
+
+    Module ``k`` of layer ``l`` owns units ``k*m_l .. (k+1)*m_l - 1``. For GRU cells ``c``
+    mirrors ``h``.
+    """
+
+    h: tuple[Tensor, ...]
+    c: tuple[Tensor, ...]
+
+    def detach(self) -> BRIMsState:
+        """The same values cut from the graph (truncated back-propagation through time)."""
+        return BRIMsState(tuple(h.detach() for h in self.h), tuple(c.detach() for c in self.c))
+
+    def reset_rows(self, rows: Tensor) -> BRIMsState:
+        """Zero the state of the batch rows where ``rows`` (bool, ``(B,)``) is True."""
+        keep = ~rows.to(torch.bool).unsqueeze(-1)  # (B, 1)
+        return BRIMsState(tuple(h * keep for h in self.h), tuple(c * keep for c in self.c))
+
+
+class BRIMsDiagnostics(NamedTuple):
+    """What the modules did, one tensor per layer.
+
+    ``active[l]``: ``(T, B, n_l)`` bool, which modules updated at each step.
+    ``attention[l]``: ``(T, B, n_l, 1 + S_l)``, head-averaged input attention over the slots
+    ``null, bottom_up[, top_down]`` (the top layer and top-down-free models have no top-down).
+    The single-step cell returns the same without the ``T`` axis.
+    """
+
+    active: tuple[Tensor, ...]
+    attention: tuple[Tensor, ...]
+
+
+class NetworkWeights(NamedTuple):
+    layers: tuple[LayerWeights, ...]
+    # Per layer, ``(P_{l+1} + P_{l-1}, hidden_l)``: the slots that read this layer's state, or None.
+    state_projections: tuple[Tensor | None, ...]
+
+
+StepDropout = tuple[tuple[Tensor | None, Tensor | None], ...]  # per layer: (input (n,B,H,S), comm (B,Hc,n,n))
+
+
+class BRIMsCell(nn.Module):
+    """One time step of BRIMs for every layer, for step-by-step loops (RL, generation).
+
+    Built from a :class:`BRIMsConfig` or from the same arguments (``BRIMsCell(input_size,
+    hidden_sizes=..., ...)``). ``BRIMs(...).cell`` is the cell holding that network's parameters.
+    """
+
+    def __init__(self, input_size: int | BRIMsConfig, **options: Any) -> None:
+        super().__init__()
+        if isinstance(input_size, BRIMsConfig):
+            if options:
+                raise TypeError(f"pass either a BRIMsConfig or keyword options, not both: {sorted(options)}")
+            config = input_size
+        else:
+            config = BRIMsConfig(input_size, **options)
+        self.config = config
+        self.layers = nn.ModuleList(BRIMsLayer(config, index) for index in range(config.num_layers))
+        # How each layer's state projection splits into (bottom-up of layer l+1, top-down of l-1).
+        self._projection_splits: list[tuple[int, int]] = []
+        for index in range(config.num_layers):
+            upper = self.layers[index + 1].slot_width if index + 1 < config.num_layers else 0
+            lower_has_top_down = index > 0 and self.layers[index - 1].input_attention.top_down is not None
+            lower = self.layers[index - 1].slot_width if lower_has_top_down else 0
+            self._projection_splits.append((upper, lower))
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> BRIMsState:
+        """Zero state for ``batch_size`` sequences (on the parameters' device/dtype by default)."""
+        reference = self.layers[0].cell.weight_hh
+        device = reference.device if device is None else device
+        dtype = reference.dtype if dtype is None else dtype
+        h = tuple(torch.zeros(batch_size, size, device=device, dtype=dtype) for size in self.config.hidden_sizes)
+        return BRIMsState(h, h)
+
+    def check_state(self, state: Any, batch_size: int, like: Tensor) -> BRIMsState:
+        """Validate a user-given state; ``None`` gives zeros."""
+        if state is None:
+            return self.init_state(batch_size, like.device, like.dtype)
+        if not isinstance(state, tuple) or len(state) != 2:
+            raise TypeError(f"state must be a BRIMsState (h, c), got {type(state).__name__}")
+        state = BRIMsState(*state)
+        num_layers = self.config.num_layers
+        for name, tensors in (("h", state.h), ("c", state.c)):
+            if not isinstance(tensors, (tuple, list)) or len(tensors) != num_layers:
+                raise ValueError(f"state.{name} must hold one tensor per layer ({num_layers}), got {tensors!r:.80}")
+            for layer, (tensor, size) in enumerate(zip(tensors, self.config.hidden_sizes)):
+                where = f"state.{name}[{layer}]"
+                if not isinstance(tensor, Tensor):
+                    raise TypeError(f"{where} must be a tensor, got {type(tensor).__name__}")
+                if tuple(tensor.shape) != (batch_size, size):
+                    raise ValueError(
+                        f"{where} has shape {tuple(tensor.shape)}, expected (batch={batch_size}, hidden={size})"
+                    )
+                if tensor.device != like.device:
+                    raise ValueError(f"{where} is on {tensor.device}, but the input is on {like.device}")
+                if tensor.dtype != like.dtype:
+                    raise ValueError(f"{where} has dtype {tensor.dtype}, but the input has {like.dtype}")
+        return BRIMsState(tuple(state.h), tuple(state.c))
+
+    def check_input(self, x: Any, expected_rank: int, layout: str) -> Tensor:
+        """Validate the input's type, rank, features, dtype and device against the parameters."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a tensor of shape {layout}, got {type(x).__name__}")
+        if x.dim() != expected_rank:
+            raise ValueError(f"input must have shape {layout} ({expected_rank} dims), got shape {tuple(x.shape)}")
+        if x.shape[-1] != self.config.input_size:
+            raise ValueError(
+                f"input has {x.shape[-1]} features (last dim), expected input_size={self.config.input_size}"
+            )
+        if x.numel() == 0:
+            raise ValueError(f"input is empty: shape {tuple(x.shape)} (every dim of {layout} must be >= 1)")
+        reference = self.layers[0].cell.weight_hh
+        if x.device != reference.device:
+            raise ValueError(f"input is on {x.device}, but the model's parameters are on {reference.device}")
+        if x.dtype != reference.dtype:
+            raise ValueError(f"input has dtype {x.dtype}, but the model's parameters are {reference.dtype}")
+        return x
+
+    def _to_modules(self, tensors: Sequence[Tensor]) -> list[Tensor]:
+        """``(B, n*m)`` per layer → module-first ``(n, B, m)``, the layout of every step op."""
+        return [
+            t.view(t.shape[0], n, -1).transpose(0, 1).contiguous() for t, n in zip(tensors, self.config.num_modules)
+        ]
+
+    @staticmethod
+    def _to_dense(t: Tensor) -> Tensor:  # (n, B, m) -> (B, n*m)
+        return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+    # ---- the step ----------------------------------------------------------------------------
+
+    def prepare(self) -> NetworkWeights:
+        """Fold the parameters for one forward pass (concatenations; gradients flow through)."""
+        projections: list[Tensor | None] = []
+        for index, (upper, lower) in enumerate(self._projection_splits):
+            parts = []
+            if upper:
+                parts.append(self.layers[index + 1].input_attention.bottom_up.weight)
+            if lower:
+                parts.append(self.layers[index - 1].input_attention.top_down.weight)
+            projections.append(torch.cat(parts, dim=0) if parts else None)
+        return NetworkWeights(tuple(layer.prepare() for layer in self.layers), tuple(projections))
+
+    def _initial_top_down(self, state_h: Sequence[Tensor]) -> list[Tensor | None]:
+        """Top-down slot of each layer at the first step: layer l+1's given state, projected."""
+        top_down: list[Tensor | None] = []
+        for index, layer in enumerate(self.layers):
+            projection = layer.input_attention.top_down
+            top_down.append(None if projection is None else F.linear(state_h[index + 1], projection.weight))
+        return top_down
+
+    def _dropout_masks(self, steps: int, batch: int, like: Tensor) -> list[StepDropout] | None:
+        """Scaled keep-masks for every step, drawn in one call per layer (per-step draws are slow)."""
+        p = self.config.attention_dropout
+        if not self.training or p == 0.0:
+            return None
+        keep = 1.0 - p
+        per_layer = []
+        for layer in self.layers:
+            n, heads = layer.num_modules, layer.input_attention.heads
+            shape = (steps, n, batch, heads, layer.input_attention.num_slots)
+            input_mask = like.new_empty(shape).bernoulli_(keep).div_(keep).unbind(0)
+            if layer.communication is None:
+                comm_mask: Sequence[Tensor | None] = [None] * steps
+            else:
+                shape = (steps, batch, layer.communication.heads, n, n)
+                comm_mask = like.new_empty(shape).bernoulli_(keep).div_(keep).unbind(0)
+            per_layer.append(list(zip(input_mask, comm_mask)))
+        return [tuple(layer_masks[t] for layer_masks in per_layer) for t in range(steps)]
+
+    def advance(
+        self,
+        weights: NetworkWeights,
+        bottom_up: Tensor,
+        h: Sequence[Tensor],
+        c: Sequence[Tensor],
+        top_down: Sequence[Tensor | None],
+        dropout: StepDropout | None,
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None], Tensor, list[Tensor], list[Tensor]]:
+        """One step of all layers, bottom to top, on module-first state.
+
+        Args:
+            bottom_up: ``(B, P_0)`` the input's projected slot at this step.
+            h, c: per layer ``(n_l, B, m_l)``.
+            top_down: per layer ``(B, P_l)`` projected state of layer l+1 at t-1, or None.
+            dropout: per layer (input mask, comm mask) for this step, or None.
+
+        Returns:
+            new h, new c, next step's top-down slots, the top layer's output ``(B, hidden_L)``,
+            per layer active ``(n_l, B)`` and attention ``(n_l, B, 1 + S_l)``.
+        """
+        new_h, new_c, actives, attentions = [], [], [], []
+        next_top_down: list[Tensor | None] = [None] * len(self.layers)
+        output = bottom_up
+        for index, layer in enumerate(self.layers):
+            slots = bottom_up.unsqueeze(1) if top_down[index] is None else torch.stack([bottom_up, top_down[index]], 1)
+            input_dropout, comm_dropout = (None, None) if dropout is None else dropout[index]
+            h_l, c_l, active, attention = layer.step(
+                weights.layers[index], h[index], c[index], slots, input_dropout, comm_dropout
+            )  # (n, B, m) x2, (n, B), (n, B, 1 + S)
+            new_h.append(h_l)
+            new_c.append(c_l)
+            actives.append(active)
+            attentions.append(attention)
+            projection = weights.state_projections[index]
+            if projection is None and index + 1 < len(self.layers):
+                continue
+            output = self._to_dense(h_l)  # (B, hidden_l)
+            if projection is not None:
+                # One matmul feeds both readers of this state: the layer above now, the one below next step.
+                bottom_up, to_lower = F.linear(output, projection).split(self._projection_splits[index], dim=-1)
+                if self._projection_splits[index][1]:
+                    next_top_down[index - 1] = to_lower
+        return new_h, new_c, next_top_down, output, actives, attentions
+
+    def unroll(
+        self,
+        x: Tensor,
+        state: BRIMsState | None,
+        return_diagnostics: bool,
+        step: Callable[..., Any] | None = None,
+    ) -> tuple[Tensor, BRIMsState, BRIMsDiagnostics | None]:
+        """Run ``x (T, B, F)`` from ``state``; ``step`` replaces :meth:`advance` (e.g. compiled)."""
+        step = self.advance if step is None else step
+        steps, batch, _ = x.shape
+        state = self.check_state(state, batch, x)
+        weights = self.prepare()
+        h, c = self._to_modules(state.h), self._to_modules(state.c)
+        top_down = self._initial_top_down(state.h)
+        x_slots = F.linear(x, self.layers[0].input_attention.bottom_up.weight)  # (T, B, P_0), whole sequence
+        dropout = self._dropout_masks(steps, batch, x)
+        outputs, actives, attentions = [], [], []
+        for t, x_t in enumerate(x_slots.unbind(0)):  # unbind, not x[t]: indexing makes backward O(T^2)
+            h, c, top_down, output, active, attention = step(
+                weights, x_t, h, c, top_down, None if dropout is None else dropout[t]
+            )
+            outputs.append(output)
+            if return_diagnostics:
+                actives.append(active)
+                attentions.append(attention)
+        final = BRIMsState(tuple(self._to_dense(t) for t in h), tuple(self._to_dense(t) for t in c))
+        diagnostics = None
+        if return_diagnostics:
+            diagnostics = BRIMsDiagnostics(
+                tuple(torch.stack(a).transpose(1, 2) for a in zip(*actives)),  # (T, B, n)
+                tuple(torch.stack(a).transpose(1, 2) for a in zip(*attentions)),  # (T, B, n, 1 + S)
+            )
+        return torch.stack(outputs), final, diagnostics  # (T, B, hidden_L)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: BRIMsState | None = None,
+        *,
+        reset: Tensor | None = None,
+        return_diagnostics: bool = False,
+    ) -> tuple[Tensor, BRIMsState] | tuple[Tensor, BRIMsState, BRIMsDiagnostics]:
+        """One step: ``x (B, input_size)`` → output ``(B, hidden_sizes[-1])`` and the new state.
+
+        ``reset`` (bool ``(B,)``) zeroes those rows' state first, e.g. at episode starts.
+        """
+        x = self.check_input(x, 2, "(B, input_size)")
+        if reset is not None:
+            if reset.shape != (x.shape[0],):
+                raise ValueError(f"reset must have shape (B,)=({x.shape[0]},), got {tuple(reset.shape)}")
+            state = self.check_state(state, x.shape[0], x).reset_rows(reset)
+        output, state, diagnostics = self.unroll(x.unsqueeze(0), state, return_diagnostics)
+        if diagnostics is None:
+            return output[0], state
+        return output[0], state, BRIMsDiagnostics(*(tuple(t[0] for t in part) for part in diagnostics))
+
+
+class BRIMs(nn.Module):
+    """Bidirectional Recurrent Independent Mechanisms (Mittal et al., ICML 2020), like ``nn.LSTM``.
+
+    ``output, state = model(x)`` with ``x`` of shape ``(T, B, input_size)`` (``(B, T, ...)``
+    when ``batch_first``); ``output`` is the top layer's state at every step,
+    ``(T, B, hidden_sizes[-1])``. Pass ``state`` back in to continue a sequence exactly.
+    ``return_diagnostics=True`` also returns :class:`BRIMsDiagnostics`.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_sizes: Sequence[int] = (300, 300),
+        num_modules: Sequence[int] = (6, 3),
+        top_k: Sequence[int] = (4, 2),
+        *,
+        cell: str = "lstm",
+        top_down: bool = True,
+        communication: bool = True,
+        input_heads: int = 4,
+        input_key_size: int = 64,
+        input_value_factor: int = 4,
+        comm_heads: int = 4,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        attention_dropout: float = 0.1,
+        batch_first: bool = False,
+    ) -> None:
+        super().__init__()
+        config = BRIMsConfig(
+            input_size=input_size,
+            hidden_sizes=hidden_sizes,
+            num_modules=num_modules,
+            top_k=top_k,
+            cell=cell,
+            top_down=top_down,
+            communication=communication,
+            input_heads=input_heads,
+            input_key_size=input_key_size,
+            input_value_factor=input_value_factor,
+            comm_heads=comm_heads,
+            comm_key_size=comm_key_size,
+            comm_value_size=comm_value_size,
+            attention_dropout=attention_dropout,
+            batch_first=batch_first,
+        )
+        self.config = config
+        self.cell = BRIMsCell(config)
+        self._step: Callable[..., Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: BRIMsConfig) -> BRIMs:
+        return BRIMs(**config.to_dict())
+
+    def init_state(
+        self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> BRIMsState:
+        return self.cell.init_state(batch_size, device, dtype)
+
+    def compile_step(self, **compile_options: Any) -> BRIMs:
+        """Run each time step through ``torch.compile(**compile_options)``; returns ``self``.
+
+        The time loop stays in Python, so compilation costs one step's graph, not T of them.
+        """
+        self._step = torch.compile(self.cell.advance, **compile_options)
+        logger.info("BRIMs time step compiled with %s", compile_options or "default options")
+        return self
+
+    def forward(
+        self, x: Tensor, state: BRIMsState | None = None, *, return_diagnostics: bool = False
+    ) -> tuple[Tensor, BRIMsState] | tuple[Tensor, BRIMsState, BRIMsDiagnostics]:
+        layout = "(B, T, input_size)" if self.config.batch_first else "(T, B, input_size)"
+        x = self.cell.check_input(x, 3, layout)
+        if self.config.batch_first:
+            x = x.transpose(0, 1)
+        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._step)
+        if self.config.batch_first:
+            output = output.transpose(0, 1)
+            if diagnostics is not None:
+                diagnostics = BRIMsDiagnostics(*(tuple(t.transpose(0, 1) for t in part) for part in diagnostics))
+        if diagnostics is None:
+            return output, state
+        return output, state, diagnostics
+
+
+class RIMs(BRIMs):
+    """Recurrent Independent Mechanisms (Goyal et al., 2019): one BRIMs layer, no top-down."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 600,
+        num_modules: int = 6,
+        top_k: int = 4,
+        *,
+        cell: str = "lstm",
+        communication: bool = True,
+        input_heads: int = 4,
+        input_key_size: int = 64,
+        input_value_factor: int = 4,
+        comm_heads: int = 4,
+        comm_key_size: int = 32,
+        comm_value_size: int = 32,
+        attention_dropout: float = 0.1,
+        batch_first: bool = False,
+    ) -> None:
+        for name, value in (("hidden_size", hidden_size), ("num_modules", num_modules), ("top_k", top_k)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an int for RIMs (one layer), got {value!r}")
+        super().__init__(
+            input_size,
+            (hidden_size,),
+            (num_modules,),
+            (top_k,),
+            cell=cell,
+            top_down=False,
+            communication=communication,
+            input_heads=input_heads,
+            input_key_size=input_key_size,
+            input_value_factor=input_value_factor,
+            comm_heads=comm_heads,
+            comm_key_size=comm_key_size,
+            comm_value_size=comm_value_size,
+            attention_dropout=attention_dropout,
+            batch_first=batch_first,
+        )
