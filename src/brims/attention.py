@@ -77,15 +77,17 @@ def attend_slots(
     """
     n, batch, heads, _ = queries.shape
     num_slots = slots.shape[1]
-    keys = slots[..., :key_width].view(batch, num_slots, heads, -1)  # (B, S, H, D)
-    values = slots[..., key_width:].view(batch, num_slots, heads, -1)  # (B, S, H, V)
-    logits = torch.einsum("nbhd,bshd->nbhs", queries, keys)  # (n, B, H, S)
+    # Slots are few (1-2), so products and sums over them beat batched matmuls of tiny matrices
+    # (and fuse into one kernel each under torch.compile).
+    keys = slots[..., :key_width].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, D)
+    values = slots[..., key_width:].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, V)
+    logits = (queries.unsqueeze(3) * keys).sum(dim=-1)  # (n, B, H, S)
     probs = F.pad(logits, (1, 0)).softmax(dim=-1)  # (n, B, H, 1 + S), null logit = 0
     attention = probs.mean(dim=2)  # (n, B, 1 + S)
     weights = probs[..., 1:]  # the null value is zero: it adds nothing to the sum
     if dropout_mask is not None:
         weights = weights * dropout_mask
-    attended = torch.einsum("nbhs,bshv->nbhv", weights, values)  # (n, B, H, V)
+    attended = (weights.unsqueeze(-1) * values).sum(dim=3)  # (n, B, H, V)
     return attended.reshape(n, batch, -1), attention  # (n, B, A)
 
 
@@ -124,14 +126,15 @@ def communicate(
 ) -> Tensor:
     """Gated communication update ``(n, B, m)`` for every module (the caller keeps the active ones).
 
-    ``h`` is ``(n, B, m)``; ``dropout_mask`` is ``(B, H, n, n)`` or None.
+    ``h`` is ``(n, B, m)``; ``dropout_mask`` is ``(n, n, B, H)`` (reader, read) or None.
     """
     n, batch, _ = h.shape
     qkv = torch.bmm(h, qkv_weight).view(n, batch, heads, -1)  # (n, B, H, 2D + V)
     queries, keys, values = qkv.split([key_size, key_size, qkv.shape[-1] - 2 * key_size], dim=-1)
-    probs = torch.einsum("ibhd,jbhd->bhij", queries, keys).softmax(dim=-1)  # (B, H, n, n)
+    # n is small: broadcast products beat batched matmuls of n x n matrices (and fuse when compiled).
+    probs = (queries.unsqueeze(1) * keys).sum(dim=-1).softmax(dim=1)  # (n_i, n_j, B, H)
     if dropout_mask is not None:
         probs = probs * dropout_mask
-    read = torch.einsum("bhij,jbhv->ibhv", probs, values).reshape(n, batch, -1)  # (n, B, H*V)
+    read = (probs.unsqueeze(-1) * values).sum(dim=1).view(n, batch, -1)  # (n, B, H*V)
     update, gate = torch.baddbmm(out_bias.unsqueeze(1), read, out_weight).chunk(2, dim=-1)  # (n, B, m) x2
     return gate.sigmoid() * update.tanh()

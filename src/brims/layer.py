@@ -106,7 +106,7 @@ class BRIMsLayer(nn.Module):
         Args:
             h, c: ``(n, B, m)`` previous state (for GRU, ``c`` is ignored and returned as ``h``).
             slots: ``(B, S, P)`` projected non-null slots.
-            input_dropout: ``(n, B, H, S)`` or None; comm_dropout: ``(B, Hc, n, n)`` or None.
+            input_dropout: ``(n, B, H, S)`` or None; comm_dropout: ``(n, n, B, Hc)`` or None.
 
         Returns:
             new ``h``, new ``c`` (both ``(n, B, m)``), active ``(n, B)`` bool and head-averaged

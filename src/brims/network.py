@@ -66,7 +66,7 @@ class NetworkWeights(NamedTuple):
     state_projections: tuple[Tensor | None, ...]
 
 
-StepDropout = tuple[tuple[Tensor | None, Tensor | None], ...]  # per layer: (input (n,B,H,S), comm (B,Hc,n,n))
+StepDropout = tuple[tuple[Tensor | None, Tensor | None], ...]  # per layer: (input (n,B,H,S), comm (n,n,B,Hc))
 
 
 class BRIMsCell(nn.Module):
@@ -196,7 +196,7 @@ class BRIMsCell(nn.Module):
             if layer.communication is None:
                 comm_mask: Sequence[Tensor | None] = [None] * steps
             else:
-                shape = (steps, batch, layer.communication.heads, n, n)
+                shape = (steps, n, n, batch, layer.communication.heads)
                 comm_mask = like.new_empty(shape).bernoulli_(keep).div_(keep).unbind(0)
             per_layer.append(list(zip(input_mask, comm_mask)))
         return [tuple(layer_masks[t] for layer_masks in per_layer) for t in range(steps)]
