@@ -109,10 +109,14 @@ class Communication(nn.Module):
         self.out = GroupedLinear(num_modules, heads * value_size, 2 * module_size, bias=True)
 
     def scaled_qkv_weight(self) -> Tensor:
-        """``[W^Q / sqrt(D), W^K, W^V]``."""
-        query_width = self.heads * self.key_size
-        weight = self.qkv.weight
-        return torch.cat([weight[..., :query_width] / math.sqrt(self.key_size), weight[..., query_width:]], dim=-1)
+        """The qkv weight with each head's query columns divided by sqrt(D).
+
+        Columns are laid out per head, ``[q_h | k_h | v_h]`` for ``h = 1..H``.
+        """
+        n, m, _ = self.qkv.weight.shape
+        per_head = self.qkv.weight.view(n, m, self.heads, -1)  # (n, m, H, 2D + V)
+        queries = per_head[..., : self.key_size] / math.sqrt(self.key_size)
+        return torch.cat([queries, per_head[..., self.key_size :]], dim=-1).view(n, m, -1)
 
 
 def communicate(

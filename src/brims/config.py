@@ -111,7 +111,8 @@ class BRIMsConfig:
                 )
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
-        if not 0.0 <= self.attention_dropout < 1.0:
+        dropout = self.attention_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
         for name in ("top_down", "communication", "batch_first"):
             if not isinstance(getattr(self, name), bool):

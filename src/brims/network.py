@@ -43,8 +43,10 @@ class BRIMsState(NamedTuple):
 
     def reset_rows(self, rows: Tensor) -> BRIMsState:
         """Zero the state of the batch rows where ``rows`` (bool, ``(B,)``) is True."""
-        keep = ~rows.to(torch.bool).unsqueeze(-1)  # (B, 1)
-        return BRIMsState(tuple(h * keep for h in self.h), tuple(c * keep for c in self.c))
+        reset = rows.to(torch.bool).unsqueeze(-1)  # (B, 1)
+        return BRIMsState(
+            tuple(torch.where(reset, 0.0, h) for h in self.h), tuple(torch.where(reset, 0.0, c) for c in self.c)
+        )
 
 
 class BRIMsDiagnostics(NamedTuple):
