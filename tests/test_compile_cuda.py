@@ -1,0 +1,137 @@
+"""torch.compile and CUDA (design.md §3). Compile tests are few and tiny: a cold inductor compile on a
+small CPU takes tens of seconds. CUDA tests skip (not fail) without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support import CELLS, build, make_config, random_input, random_state
+
+from brims import BRIMsState
+
+TOL = dict(rtol=0, atol=1e-10)
+# torch.compile's own imports warn about torch.jit deprecations; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# ---- torch.compile ---------------------------------------------------------------------------------
+
+
+def test_torch_compile_whole_model_matches_eager(fresh_dynamo):
+    config = make_config("lstm", 1, communication=True)
+    model = build(config)
+    x = random_input(config, 3, 2)
+    state = random_state(model, 2)
+    with torch.no_grad():
+        expected, expected_state, expected_diag = model(x, state, return_diagnostics=True)
+        output, final, diagnostics = torch.compile(model)(x, state, return_diagnostics=True)
+    torch.testing.assert_close(output, expected, **TOL)
+    for a, b in zip(final.h + final.c, expected_state.h + expected_state.c):
+        torch.testing.assert_close(a, b, **TOL)
+    assert torch.equal(diagnostics.active[0], expected_diag.active[0])
+
+
+def test_compile_step_matches_eager(fresh_dynamo):
+    config = make_config("gru", 2, top_down=True, communication=True)
+    model = build(config)
+    x = random_input(config, 3, 2)
+    state = random_state(model, 2)
+    with torch.no_grad():
+        expected, expected_state = model(x, state)
+        assert model.compile_step() is model
+        output, final = model(x, state)
+        # A second call with a continued state reuses the compiled step and continues exactly.
+        continued, _ = model(x, final)
+        expected_continued, _ = build(config)(x, expected_state)
+    torch.testing.assert_close(output, expected, **TOL)
+    for a, b in zip(final.h + final.c, expected_state.h + expected_state.c):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(continued, expected_continued, **TOL)
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------------
+
+
+def to_device(state: BRIMsState, device) -> BRIMsState:
+    return BRIMsState(tuple(t.to(device) for t in state.h), tuple(t.to(device) for t in state.c))
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 3])
+def test_cuda_matches_cpu_float64(cell, layers):
+    config = make_config(cell, layers)
+    cpu = build(config)
+    gpu = build(config).cuda()
+    x = random_input(config, 5, 4)
+    state = random_state(cpu, 4)
+    expected, expected_state, expected_diag = cpu(x, state, return_diagnostics=True)
+    output, final, diagnostics = gpu(x.cuda(), to_device(state, "cuda"), return_diagnostics=True)
+    assert output.is_cuda and all(t.is_cuda for t in final.h + final.c)
+    torch.testing.assert_close(output.cpu(), expected, **TOL)
+    for a, b in zip(final.h + final.c, expected_state.h + expected_state.c):
+        torch.testing.assert_close(a.cpu(), b, **TOL)
+    for layer in range(layers):
+        assert torch.equal(diagnostics.active[layer].cpu(), expected_diag.active[layer])
+        torch.testing.assert_close(diagnostics.attention[layer].cpu(), expected_diag.attention[layer], **TOL)
+
+
+@needs_cuda
+def test_cuda_float32_close_to_cpu_and_trains():
+    config = make_config("lstm", 2)
+    cpu = build(config, dtype=torch.float32)
+    gpu = build(config, dtype=torch.float32).cuda()
+    x = random_input(config, 4, 3, dtype=torch.float32)
+    expected, _ = cpu(x)
+    output, _ = gpu(x.cuda())
+    torch.testing.assert_close(output.cpu(), expected, rtol=1e-4, atol=1e-5)
+    gpu.train()
+    output, state = gpu(x.cuda())
+    output.square().mean().backward()
+    assert all(p.grad is not None and p.grad.is_cuda and torch.isfinite(p.grad).all() for p in gpu.parameters())
+    state = gpu.init_state(3)
+    assert all(t.is_cuda and t.dtype == torch.float32 for t in state.h + state.c)
+
+
+@needs_cuda
+def test_cuda_step_by_step_cell_and_reset():
+    config = make_config("gru", 2)
+    gpu = build(config).cuda()
+    x = random_input(config, 3, 4).cuda()
+    output, _ = gpu(x)
+    state = None
+    for t in range(3):
+        step, state = gpu.cell(x[t], state)
+        torch.testing.assert_close(step, output[t], **TOL)
+    rows = torch.tensor([True, False, True, False], device="cuda")
+    _, reset_state = gpu.cell(x[0], state, reset=rows)
+    assert all(t.is_cuda for t in reset_state.h)
+
+
+@needs_cuda
+def test_cuda_device_mismatch_errors():
+    config = make_config("lstm", 2)
+    gpu = build(config).cuda()
+    with pytest.raises(ValueError, match=r"input is on cpu, but the model's parameters are on cuda"):
+        gpu(random_input(config, 2, 2))
+    with pytest.raises(ValueError, match=r"state.h\[0\] is on cpu, but the input is on cuda"):
+        gpu(random_input(config, 2, 2).cuda(), gpu.init_state(2, device="cpu"))
+
+
+@needs_cuda
+def test_cuda_compile_step_matches_eager(fresh_dynamo):
+    config = make_config("lstm", 2)
+    gpu = build(config).cuda()
+    x = random_input(config, 3, 2).cuda()
+    with torch.no_grad():
+        expected, _ = gpu(x)
+        output, _ = gpu.compile_step()(x)
+    torch.testing.assert_close(output, expected, **TOL)
