@@ -21,6 +21,7 @@ shared machine hits every model alike; the ratios are the result, absolute times
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import platform
 import statistics
@@ -76,6 +77,24 @@ import torch  # noqa: E402
 # that decay into denormals through the time loop make some matmuls 10-20x slower.
 FLUSH_DENORMAL = torch.set_flush_denormal(True)
 torch.set_num_threads(ARGS.threads)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory instead of returning it to the OS.
+
+    Otherwise every training step maps its activations afresh and page-faults them in, and the
+    model timed after a memory-hungry one pays for it: on our VM nn.LSTM's median training step
+    doubled when interleaved with the others. Returns False where glibc is not the allocator.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_trim_threshold, 2**30)) and bool(libc.mallopt(m_mmap_threshold, 32 * 2**20))
+
+
+KEEP_FREED_MEMORY = keep_freed_memory()
 
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -197,6 +216,7 @@ def main() -> None:
     print(
         f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
         f"flush denormal {'on' if FLUSH_DENORMAL else 'UNSUPPORTED on this CPU'}, "
+        f"freed memory kept (glibc mallopt) {'yes' if KEEP_FREED_MEMORY else 'no'}, "
         f"T={args.steps} B={args.batch} F={INPUT_SIZE}, warmup {args.warmup}, median of {args.repeats}"
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
