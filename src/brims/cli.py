@@ -27,13 +27,13 @@ from brims.tasks.copying import (
     copying_metrics,
     evaluate_copying,
     make_copying_batch,
+    predict,
 )
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP = 1.0
 DEMO_BRIMS = {"hidden_sizes": (64, 64), "num_modules": (4, 2), "top_k": (2, 1)}
-DEMO_LSTM_HIDDEN = (64, 64)
 # Small enough that learning shows within the one-minute budget on 2 CPU cores.
 COPY_LENGTH, CLASSES, GAP, LEARNING_RATE = 3, 4, 5, 3e-3
 
@@ -143,7 +143,7 @@ def _build_demo_model(args: argparse.Namespace, parser: argparse.ArgumentParser,
         for flag, value in (("--num-modules", args.num_modules), ("--top-k", args.top_k)):
             if value is not None:
                 parser.error(f"{flag} applies to --core brims only")
-        return CopyingModel(vocab_size, "lstm", args.hidden_sizes or DEMO_LSTM_HIDDEN)
+        return CopyingModel(vocab_size, "lstm", args.hidden_sizes or DEMO_BRIMS["hidden_sizes"])
     options = {
         "hidden_sizes": args.hidden_sizes or DEMO_BRIMS["hidden_sizes"],
         "num_modules": args.num_modules or DEMO_BRIMS["num_modules"],
@@ -171,11 +171,7 @@ def _describe_model(model: CopyingModel) -> str:
 def _module_activity(model: CopyingModel, task: CopyingTaskConfig, seed: int) -> list[str]:
     """One line per layer: the share of steps each module was active, on a fresh batch."""
     batch = make_copying_batch(task, 100, torch.Generator().manual_seed(seed))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        _, diagnostics = model(batch.inputs, return_diagnostics=True)
-    model.train(was_training)
+    _, diagnostics = predict(model, batch.inputs, return_diagnostics=True)
     lines = []
     for layer, active in enumerate(diagnostics.active):  # (T, B, n)
         shares = active.float().mean((0, 1))  # (n,)

@@ -9,6 +9,7 @@ from brims.tasks.copying import (
     copying_metrics,
     evaluate_copying,
     make_copying_batch,
+    predict,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "copying_metrics",
     "evaluate_copying",
     "make_copying_batch",
+    "predict",
 ]

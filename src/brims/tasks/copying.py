@@ -286,6 +286,17 @@ class CopyingModel(nn.Module):
 
 
 @torch.no_grad()
+def predict(model: CopyingModel, inputs: Tensor, *, return_diagnostics: bool = False) -> Any:
+    """``model(inputs, ...)`` in eval mode without gradients; the training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model(inputs, return_diagnostics=return_diagnostics)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
 def evaluate_copying(
     model: CopyingModel, config: CopyingTaskConfig, batch_size: int, generator: torch.Generator
 ) -> CopyingMetrics:
@@ -295,12 +306,7 @@ def evaluate_copying(
     """
     parameter = next(model.parameters())
     batch = make_copying_batch(config, batch_size, generator, device=parameter.device, dtype=parameter.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(batch.inputs)  # (T, B, V)
-    finally:
-        model.train(was_training)
+    logits = predict(model, batch.inputs)  # (T, B, V)
     metrics = copying_metrics(logits, batch.targets, config.copy_length)
     logger.debug("copying eval at gap %d: %s", config.gap, metrics)
     return metrics
