@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 
 import torch
 
 from brims import __version__
+from brims.train.commands import add_commands as add_experiment_commands
 from brims.tasks.copying import (
     CopyingMetrics,
     CopyingModel,
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"BRIMs active modules per layer (default: {_format_sizes(DEMO_BRIMS['top_k'])})",
     )
     demo.set_defaults(handler=run_demo, command_parser=demo)
+    add_experiment_commands(commands)
     return parser
 
 
@@ -265,7 +268,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    return args.handler(args, args.command_parser)
+    logging.getLogger("lightning").propagate = False  # Lightning prints its own messages once
+    try:
+        return args.handler(args, args.command_parser)
+    except (ValueError, RuntimeError) as error:
+        # Our own errors (bad config, missing or corrupted data, foreign checkpoint) name the
+        # problem and the fix: show the message, not a traceback.
+        if type(error).__module__.startswith("brims.") or type(error) is ValueError:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":

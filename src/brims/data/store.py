@@ -1,0 +1,101 @@
+"""The data directory: atomic writes, sha256 manifests, and the errors users see.
+
+Every prepared data set is a folder ``<root>/<name>/`` holding tensor files and a
+``manifest.json`` with the sha256 of each file. The manifest is written last, so a folder
+without one was never finished; a file whose hash differs from the manifest is reported as
+corrupted before anything is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+DATA_ENV = "BRIMS_DATA"
+MANIFEST = "manifest.json"
+
+
+class DataError(RuntimeError):
+    """Base class of the data errors the command-line tool reports without a traceback."""
+
+
+class DataMissingError(DataError):
+    """The data set has not been fetched (the message says what to run)."""
+
+
+class DataCorruptError(DataError):
+    """A file does not match its recorded checksum or format."""
+
+
+def data_root(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where data sets live: ``override``, else ``$BRIMS_DATA``, else ``~/.cache/brims/data``."""
+    if override is not None:
+        return Path(override).expanduser()
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "brims" / "data"
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file in the same folder and rename it into place.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(folder: Path, files: list[str], meta: dict | None = None) -> None:
+    """Record the sha256 of ``files`` (names inside ``folder``); marks the folder complete."""
+    manifest = {"files": {name: sha256_of(folder / name) for name in files}, **(meta or {})}
+    atomic_write(folder / MANIFEST, lambda h: h.write(json.dumps(manifest, indent=2).encode()))
+
+
+def verified_file(folder: Path, name: str, fetch_hint: str) -> Path:
+    """``folder/name`` after checking it against the folder's manifest.
+
+    Raises:
+        DataMissingError: the folder or its manifest is missing (with ``fetch_hint``).
+        DataCorruptError: the file is missing, truncated or altered.
+    """
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DataMissingError(f"no prepared data in {folder}; run: {fetch_hint}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["files"][name]
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataCorruptError(f"{manifest_path} is unreadable or lacks {name!r} ({error}); rerun: {fetch_hint}")
+    path = folder / name
+    if not path.is_file():
+        raise DataCorruptError(f"{path} is missing although the manifest lists it; rerun: {fetch_hint}")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise DataCorruptError(
+            f"{path} is corrupted or truncated: sha256 {actual[:16]}..., expected {expected[:16]}...; "
+            f"rerun: {fetch_hint}"
+        )
+    return path

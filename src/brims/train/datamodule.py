@@ -1,0 +1,147 @@
+"""Sequential-image data for Lightning, with a training order that resumes mid-epoch.
+
+The training order is a function of ``(seed, epoch)`` only, and the loader reports how many
+batches of the current epoch were trained; Lightning stores that in every checkpoint
+(``state_dict``/``load_state_dict``), so a resumed run continues with exactly the batches
+it had not seen yet instead of replaying the epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from brims.data.images import load_image_split
+from brims.tasks.seqimage import make_sequences
+from brims.train.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+class TokenDataset(Dataset):
+    """Pre-tokenised sequences ``(N, T, C)`` uint8 with labels ``(N,)``."""
+
+    def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
+        self.tokens = tokens
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokens[index], self.labels[index]
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Shuffled full batches per epoch, sharded over ranks, able to skip batches already trained.
+
+    Each rank takes every ``world_size``-th index of the epoch's permutation (the same
+    permutation on every rank), truncated so all ranks step equally often.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.batches_done = 0
+        self._skip: tuple[int, int] | None = None
+        if len(self) == 0:
+            raise ValueError(f"{size} training examples make no full batch of {batch_size} on {world_size} rank(s)")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.size // self.world_size) // self.batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        share = order[self.rank :: self.world_size][: len(self) * self.batch_size]
+        batches = share.view(len(self), self.batch_size).tolist()
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start = min(self._skip[1], len(batches))
+            log.info("resuming epoch %d after batch %d", self.epoch, start)
+        self._skip = None
+        self.batches_done = start
+        yield from batches[start:]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._skip = (int(state["epoch"]), int(state["batches_done"]))
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` whose position Lightning saves in checkpoints and restores."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
+class TrackTrainedBatches(Callback):
+    """Records, before checkpoints are written, how many batches of the epoch were trained.
+
+    Lightning runs checkpoint callbacks after all others, so the count is current when
+    ``last.ckpt`` is saved (counting batches *fetched* would be one ahead: Lightning
+    prefetches).
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        sampler = trainer.train_dataloader.batch_sampler
+        if isinstance(sampler, ResumableBatchSampler):
+            sampler.batches_done = batch_idx + 1
+
+
+class SeqImageDataModule(L.LightningDataModule):
+    """Train and validation splits at the training resolution (validation held out, seeded)."""
+
+    def __init__(self, config: DataConfig, seed: int) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        self.train_set: TokenDataset | None = None
+        self.val_set: TokenDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        config = self.config
+        split = load_image_split(config.dataset, "train", config.data_dir)
+        if config.validation_size >= len(split):
+            raise ValueError(f"data.validation_size={config.validation_size} leaves no training images "
+                             f"(the training split has {len(split)})")
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(self.seed))
+        val_index = order[: config.validation_size]
+        train_index = order[config.validation_size :]
+        if config.train_limit:
+            train_index = train_index[: config.train_limit]
+        tokens = make_sequences(split.images, config.train_resolution, config.binarized)  # (N, T, C)
+        self.train_set = TokenDataset(tokens[train_index], split.labels[train_index])
+        self.val_set = TokenDataset(tokens[val_index], split.labels[val_index])
+        log.info("%s: %d training and %d validation sequences of %d steps", config.dataset, len(self.train_set),
+                 len(self.val_set), tokens.shape[1])
+
+    def train_dataloader(self) -> ResumableLoader:
+        assert self.train_set is not None
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ResumableBatchSampler(len(self.train_set), self.config.batch_size, self.seed, rank, world)
+        return ResumableLoader(self.train_set, batch_sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False)

@@ -1,0 +1,183 @@
+"""A run folder, end to end: train (or resume), select the best checkpoint, test, plot.
+
+Layout of ``runs/<name>/``::
+
+    config.yaml              the resolved config (what ``brims train <run folder>`` resumes)
+    checkpoints/last.ckpt    every ``train.checkpoint_every`` steps and at the end
+    checkpoints/best.ckpt    best validation accuracy at the training resolution
+    logs/metrics.csv         Lightning's CSV log (train loss/acc per step, validation)
+    metrics.json             every test resolution and noise level, from best.ckpt
+    *.png                    learning curves, accuracy by resolution, module activity
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from brims.data.images import load_image_split
+from brims.data.store import atomic_write
+from brims.train.checkpoint import FORMAT_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from brims.train.config import ConfigError, ExperimentConfig, load_config
+from brims.train.datamodule import SeqImageDataModule, TrackTrainedBatches
+from brims.train.evaluate import evaluate_test
+from brims.train.module import SeqImageModule, build_classifier
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def prepare_run_dir(run_dir: Path, config: ExperimentConfig | None) -> ExperimentConfig:
+    """Create the folder with ``config`` or, for an existing one, check ``config`` matches it.
+
+    ``config=None`` resumes with the folder's own config.
+    """
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        existing = load_config(saved)
+        if config is not None and config != existing:
+            ours, theirs = config.as_dict(), existing.as_dict()
+            changed = [f"{section}.{key}" for section in ours for key in ours[section]
+                       if ours[section][key] != theirs[section][key]]
+            raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
+                              f"resume it with `brims train {run_dir}` or choose another --run-dir")
+        return existing
+    if config is None:
+        raise ConfigError(f"{run_dir} holds no run ({CONFIG_FILE} missing); give a config to start one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_text(saved, config.to_yaml())
+    return config
+
+
+def _check_data(config: ExperimentConfig) -> None:
+    """Fail before any training when the data set has not been fetched (or is corrupted)."""
+    load_image_split(config.data.dataset, "test", config.data.data_dir)
+
+
+def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> L.Trainer:
+    train = config.train
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+                           save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=train.checkpoint_every,
+                           save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=train.epochs,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,
+        precision=train.precision,
+        gradient_clip_val=train.grad_clip or None,
+        val_check_interval=train.validate_every or None,
+        check_val_every_n_epoch=None if train.validate_every else 1,
+        callbacks=[TrackTrainedBatches(), best, last],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress: bool = True,
+          test_after: bool = True) -> dict[str, Any] | None:
+    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it."""
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(run_dir, config)
+    _check_data(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    module = SeqImageModule(config.as_dict())
+    datamodule = SeqImageDataModule(config.data, config.train.seed)
+    trainer = make_trainer(config, run_dir, progress)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = last if last.is_file() else None
+    if resume is not None:
+        read_checkpoint(resume)  # a clear error for a corrupted file before Lightning touches it
+        log.info("resuming %s from %s", run_dir, resume)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    # The periodic checkpoint may lag the end of training: record the finished state, so that
+    # `brims train <run folder>` on a finished run returns at once instead of redoing steps.
+    trainer.save_checkpoint(last)
+    elapsed = time.perf_counter() - started
+    if not trainer.is_global_zero or not test_after:
+        return None
+    _write_text(run_dir / "train_time.json", json.dumps({"last_session_seconds": elapsed,
+                                                          "global_step": trainer.global_step}))
+    return test(run_dir, progress=progress)
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
+    """``(config, classifier in eval mode, checkpoint)`` from a run folder (its best) or a ``.ckpt``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.ckpt"
+    checkpoint = read_checkpoint(path)
+    try:
+        config = load_config(base=checkpoint[FORMAT_KEY]["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
+    model = build_classifier(config)
+    weights = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model of its config ({str(error).splitlines()[0]})") from None
+    return config, model.to(device).eval(), checkpoint
+
+
+def test(path: str | Path, device: str | None = None, progress: bool = True,
+         metrics_path: Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and plots."""
+    from brims.train import plots
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent.parent
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config, model, checkpoint = load_trained(path, torch_device)
+    started = time.perf_counter()
+    results = evaluate_test(model, config, torch_device, progress)
+    metrics = {
+        "dataset": config.data.dataset,
+        "model": config.model.core.kind,
+        "checkpoint": str(path if path.is_file() else path / "checkpoints" / "best.ckpt"),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "train_resolution": config.data.train_resolution,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **results,
+        "test_seconds": time.perf_counter() - started,
+    }
+    best_score = _best_validation(checkpoint)
+    if best_score is not None:
+        metrics["val_acc"] = best_score
+    train_time = run_dir / "train_time.json"
+    if train_time.is_file():
+        metrics["train"] = json.loads(train_time.read_text())
+    _write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    plots.plot_run(run_dir, config, model, metrics)
+    return metrics
+
+
+def _best_validation(checkpoint: dict[str, Any]) -> float | None:
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("monitor") == "val/acc" and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    return None
+
