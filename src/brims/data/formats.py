@@ -65,6 +65,8 @@ class _NumpyArraysOnly(pickle.Unpickler):
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays re-saved with pickle protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol

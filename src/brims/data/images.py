@@ -7,6 +7,7 @@ read with ``torch.load(weights_only=True)`` after its sha256 matched the manifes
 from __future__ import annotations
 
 import io
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,5 +86,5 @@ def load_image_split(name: str, split: str, root: Path | str | None = None) -> I
     try:
         payload = torch.load(path, weights_only=True)
         return ImageSplit(payload["images"], payload["labels"])
-    except (RuntimeError, KeyError, TypeError, EOFError) as error:
+    except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
         raise DataCorruptError(f"{path}: unreadable split file ({error}); rerun: {fetch_hint(name)}") from None

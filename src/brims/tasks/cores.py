@@ -49,13 +49,13 @@ class CoreConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in CORE_KINDS:
-            raise ValueError(f"model.kind must be one of {CORE_KINDS}, got {self.kind!r}")
+            raise ValueError(f"model.core.kind must be one of {CORE_KINDS}, got {self.kind!r}")
         for name in ("hidden_sizes", "num_modules", "top_k"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         if self.kind == "lstm" and self.cell != "lstm":
-            raise ValueError(f"model.cell={self.cell!r} has no meaning for the lstm core; leave it 'lstm'")
+            raise ValueError(f"model.core.cell={self.cell!r} has no meaning for the lstm core; leave it 'lstm'")
         # Validate the sizes now (naming the field), not when the model is built mid-run.
         self.brims_config(input_size=1)
 
@@ -94,7 +94,7 @@ class CoreConfig:
                 **layers,
             )
         except ValueError as error:
-            raise ValueError(f"model: {error}") from None
+            raise ValueError(str(error)) from None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -140,8 +140,10 @@ class SeqImageDataModule(L.LightningDataModule):
         assert self.train_set is not None
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = ResumableBatchSampler(len(self.train_set), self.config.batch_size, self.seed, rank, world)
-        return ResumableLoader(self.train_set, batch_sampler=sampler)
+        # Own generators: a DataLoader otherwise draws a seed from torch's global generator at
+        # every epoch start, which would shift the dropout draws of a resumed run by one.
+        return ResumableLoader(self.train_set, batch_sampler=sampler, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False, generator=torch.Generator())

@@ -43,8 +43,12 @@ class SeqImageModule(L.LightningModule):
         loss = F.cross_entropy(logits, labels)
         accuracy = (logits.argmax(-1) == labels).float().mean()
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(labels))
-        self.log(f"{stage}/acc", accuracy, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(labels))
+        # Validation is averaged over ranks (each rank holds the whole validation split, so the
+        # ranks agree; syncing keeps checkpoint selection identical under DDP regardless).
+        options = {"on_step": on_step, "on_epoch": not on_step, "prog_bar": True, "batch_size": len(labels),
+                   "sync_dist": not on_step}
+        self.log(f"{stage}/loss", loss, **options)
+        self.log(f"{stage}/acc", accuracy, **options)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

@@ -34,6 +34,7 @@ from brims.train.module import SeqImageModule, build_classifier
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
+TRAIN_TIME_FILE = "train_time.json"
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -49,9 +50,7 @@ def prepare_run_dir(run_dir: Path, config: ExperimentConfig | None) -> Experimen
     if saved.is_file():
         existing = load_config(saved)
         if config is not None and config != existing:
-            ours, theirs = config.as_dict(), existing.as_dict()
-            changed = [f"{section}.{key}" for section in ours for key in ours[section]
-                       if ours[section][key] != theirs[section][key]]
+            changed = _differing_fields(config.as_dict(), existing.as_dict())
             raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
                               f"resume it with `brims train {run_dir}` or choose another --run-dir")
         return existing
@@ -60,6 +59,18 @@ def prepare_run_dir(run_dir: Path, config: ExperimentConfig | None) -> Experimen
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_text(saved, config.to_yaml())
     return config
+
+
+def _differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the leaves where two config dicts differ."""
+    changed = []
+    for key, value in ours.items():
+        other = theirs.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            changed += _differing_fields(value, other, f"{prefix}{key}.")
+        elif value != other:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 def _check_data(config: ExperimentConfig) -> None:
@@ -107,20 +118,36 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     trainer = make_trainer(config, run_dir, progress)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() else None
+    resumed_step = None
     if resume is not None:
-        read_checkpoint(resume)  # a clear error for a corrupted file before Lightning touches it
-        log.info("resuming %s from %s", run_dir, resume)
+        # A clear error for a corrupted file before Lightning touches it.
+        resumed_step = read_checkpoint(resume).get("global_step")
+        log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     # The periodic checkpoint may lag the end of training: record the finished state, so that
     # `brims train <run folder>` on a finished run returns at once instead of redoing steps.
-    trainer.save_checkpoint(last)
+    trainer.save_checkpoint(last, weights_only=False)  # full state: optimizer, loops, data position
     elapsed = time.perf_counter() - started
-    if not trainer.is_global_zero or not test_after:
+    if not trainer.is_global_zero:
         return None
-    _write_text(run_dir / "train_time.json", json.dumps({"last_session_seconds": elapsed,
-                                                          "global_step": trainer.global_step}))
-    return test(run_dir, progress=progress)
+    metrics_path = run_dir / METRICS_FILE
+    if trainer.global_step == resumed_step and metrics_path.is_file():
+        log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
+        return json.loads(metrics_path.read_text())
+    _record_session(run_dir, elapsed, resumed_step or 0, trainer.global_step)
+    return test(run_dir, progress=progress) if test_after else None
+
+
+def _record_session(run_dir: Path, seconds: float, from_step: int, to_step: int) -> None:
+    """Append this training session to ``train_time.json`` (a session killed before its end
+    is not recorded: its steps after the last checkpoint were redone by the next one)."""
+    path = run_dir / TRAIN_TIME_FILE
+    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    sessions.append({"seconds": round(seconds, 1), "from_step": from_step, "to_step": to_step,
+                     "threads": torch.get_num_threads()})
+    _write_text(path, json.dumps({"seconds": round(sum(s["seconds"] for s in sessions), 1), "sessions": sessions},
+                                 indent=2))
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
@@ -167,7 +194,7 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
     best_score = _best_validation(checkpoint)
     if best_score is not None:
         metrics["val_acc"] = best_score
-    train_time = run_dir / "train_time.json"
+    train_time = run_dir / TRAIN_TIME_FILE
     if train_time.is_file():
         metrics["train"] = json.loads(train_time.read_text())
     _write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))

@@ -1,0 +1,186 @@
+"""Typed experiment configs: defaults, YAML round trip, ``--set`` overrides, errors naming the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from brims.tasks.cores import CoreConfig
+from brims.train.commands import preset_names, resolve_config
+from brims.train.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+)
+
+
+def field_paths(values: dict[str, Any], prefix: str = "") -> set[str]:
+    """Every dotted path of the config: sections and fields (``model``, ``model.core``, ``model.core.kind``)."""
+    paths = set()
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if isinstance(value, dict):
+            paths |= field_paths(value, f"{path}.")
+    return paths
+
+
+ALL_PATHS = field_paths(ExperimentConfig().as_dict())
+
+
+def assert_names_field(message: str, path: str) -> None:
+    """The message names ``path`` (``a.b.c`` in full, or ``a.b: ... c``) and no field that does not exist."""
+    section, _, leaf = path.rpartition(".")
+    named = path in message or (
+        bool(section) and message.startswith(f"{section}:") and re.search(rf"\b{re.escape(leaf)}\b", message)
+    )
+    assert named, f"the error does not name {path}: {message}"
+    mentioned = set(re.findall(r"\b(?:data|model|train)(?:\.[a-z_]+)+", message))
+    wrong = sorted(p for p in mentioned if p not in ALL_PATHS and not p.startswith(path))
+    assert not wrong, f"the error names {wrong}, which are not config fields (the field is {path}): {message}"
+
+
+def test_defaults_are_valid():
+    config = ExperimentConfig()
+    assert load_config() == config
+    assert config.data.dataset == "mnist"
+    assert config.model.core == CoreConfig()
+    assert config.data.all_test_resolutions == (14, 16, 19, 24)
+
+
+def test_yaml_round_trip(tmp_path):
+    config = ExperimentConfig(
+        data=DataConfig(dataset="cifar10", train_resolution=16, test_resolutions=(19, 32), noise=("gaussian-0.2",),
+                        batch_size=8, data_dir="/somewhere"),
+        model=ModelConfig(core=CoreConfig(kind="rims", cell="gru", hidden_sizes=(60, 60), num_modules=(6, 3),
+                                          top_k=(3, 1), communication=False), embedding_size=12),
+        train=TrainConfig(epochs=2, lr=3e-4, devices=2, strategy="ddp", accelerator="cpu"),
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(config.to_yaml())
+    loaded = load_config(path)
+    assert loaded == config
+    assert isinstance(loaded.data.test_resolutions, tuple) and isinstance(loaded.model.core.hidden_sizes, tuple)
+    assert loaded.to_yaml() == config.to_yaml()
+
+
+def test_partial_yaml_keeps_defaults(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("train:\n  epochs: 3\nmodel:\n  core:\n    kind: lstm\n")
+    config = load_config(path)
+    assert config.train.epochs == 3 and config.model.core.kind == "lstm"
+    assert config.train.lr == TrainConfig().lr and config.model.core.hidden_sizes == (300, 300)
+    assert config.data == DataConfig()
+
+
+def test_overrides_are_parsed_as_yaml():
+    config = load_config(overrides=[
+        "data.test_resolutions=[8, 9]",
+        "train.epochs=3",
+        "train.lr=0.01",
+        "model.core.kind=lstm",
+        "train.devices=auto",
+        "data.noise=[gaussian-0.5]",
+        "model.core.communication=false",
+    ])
+    assert config.data.test_resolutions == (8, 9)
+    assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    assert config.train.lr == 0.01
+    assert config.model.core.kind == "lstm"
+    assert config.train.devices == "auto"
+    assert config.data.noise == ("gaussian-0.5",)
+    assert config.model.core.communication is False
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 5\n  lr: 0.1\n")
+    config = load_config(path, ["train.epochs=2"])
+    assert (config.train.epochs, config.train.lr) == (2, 0.1)
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.b.d=x", "e=[1, 2]"]) == {"a": {"b": {"c": 1, "d": "x"}}, "e": [1, 2]}
+
+
+@pytest.mark.parametrize("assignment", ["train.epochs", "=3", "train.epochs:3"])
+def test_malformed_override(assignment):
+    with pytest.raises(ConfigError, match="section.field=value"):
+        parse_overrides([assignment])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["model.core.kind=transformer"], "model.core.kind"),
+        (["model.core.kind=lstm", "model.core.cell=gru"], "model.core.cell"),
+        (["data.train_resolution=0"], "data.train_resolution"),
+        (["data.test_resolutions=[0]"], "data.test_resolutions"),
+        (["model.core.top_k=[7, 2]"], "model.core.top_k"),
+        (["model.core.hidden_sizes=[300, 301]"], "model.core.hidden_sizes"),
+        (["model.core.attention_dropout=1.5"], "model.core.attention_dropout"),
+        (["train.bogus=1"], "train.bogus"),
+        (["model.core.bogus=1"], "model.core.bogus"),
+        (["data.dataset=cifar10"], "data.noise"),  # the default noise has flips, cifar10 is not binarised
+        (["data.dataset=svhn"], "data.dataset"),
+        (["data.noise=[salt-0.1]"], "data.noise"),
+        (["train.lr=0"], "train.lr"),
+        (["train.epochs=two"], "train.epochs"),
+        (["train.epochs=0"], "train.epochs"),
+        (["data.batch_size=true"], "data.batch_size"),
+        (["model.embedding_size=-1"], "model.embedding_size"),
+        (["train.checkpoint_every=0"], "train.checkpoint_every"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else " ".join(v),
+)
+def test_bad_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides)
+    assert_names_field(str(error.value), field)
+
+
+def test_unknown_section():
+    with pytest.raises(ConfigError, match="unknown field bogus"):
+        load_config(overrides=["bogus.x=1"])
+
+
+def test_a_section_must_be_a_mapping():
+    with pytest.raises(ConfigError, match="model must be a mapping"):
+        load_config(overrides=["model=3"])
+
+
+def test_flip_noise_on_cifar10_names_the_noise():
+    with pytest.raises(ConfigError, match="flip-0.1") as error:
+        load_config(overrides=["data.dataset=cifar10", "data.noise=[gaussian-0.1, flip-0.1]"])
+    assert_names_field(str(error.value), "data.noise")
+    ok = load_config(overrides=["data.dataset=cifar10", "data.noise=[gaussian-0.1]"])
+    assert not ok.data.binarized
+
+
+def test_missing_or_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)
+
+
+def test_every_packaged_preset_loads():
+    names = preset_names()
+    assert {"smnist-cpu", "smnist-paper"} <= set(names)
+    for name in names:
+        config = load_config(resolve_config(name))
+        assert config.data.dataset in ("mnist", "fashion-mnist", "cifar10")
+        assert config.data.train_resolution not in config.data.test_resolutions
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(SystemExit, match="smnist-cpu"):
+        resolve_config("no-such-preset")
