@@ -174,11 +174,16 @@ def test_missing_or_bad_config_file(tmp_path):
 
 def test_every_packaged_preset_loads():
     names = preset_names()
-    assert {"smnist-cpu", "smnist-paper"} <= set(names)
+    assert {"smnist-cpu", "smnist-paper", "copying-cpu", "adding-cpu"} <= set(names)
     for name in names:
         config = load_config(resolve_config(name))
-        assert config.data.dataset in ("mnist", "fashion-mnist", "cifar10")
-        assert config.data.train_resolution not in config.data.test_resolutions
+        if config.task == "seqimage":
+            assert config.data.dataset in ("mnist", "fashion-mnist", "cifar10")
+            assert config.data.train_resolution not in config.data.test_resolutions
+        elif config.task == "copying":
+            assert config.data.train_gap not in config.data.test_gaps
+        else:
+            assert config.task == "adding" and config.data.train_length not in config.data.test_lengths
 
 
 def test_unknown_preset_lists_the_presets():

@@ -429,8 +429,7 @@ DDP_SCRIPT = textwrap.dedent(
     import yaml
 
     from brims.train.config import load_config
-    from brims.train.datamodule import SeqImageDataModule
-    from brims.train.module import SeqImageModule
+    from brims.train.module import ExperimentModule
     from brims.train.run import make_trainer
 
     out = Path(sys.argv[2])
@@ -446,8 +445,8 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     config = load_config(sys.argv[1])
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = SeqImageModule(config.as_dict())
-    datamodule = SeqImageDataModule(config.data, config.train.seed)
+    module = ExperimentModule(config.as_dict())
+    datamodule = module.task.datamodule()
     trainer = make_trainer(config, out / "run", progress=False)
     trainer.callbacks.append(SaveWeights())
     trainer.fit(module, datamodule=datamodule)

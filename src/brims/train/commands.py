@@ -46,7 +46,7 @@ def add_commands(commands: Any) -> None:
                        help="cifar10 only: skip the published md5 check (the format is still checked)")
     fetch.set_defaults(handler=run_fetch, command_parser=fetch)
 
-    train = commands.add_parser("train", help="train (or resume) a sequential-image run",
+    train = commands.add_parser("train", help="train (or resume) a run of any task",
                                 description="Train a model from a config (a YAML file or a preset name: "
                                 f"{', '.join(preset_names())}), or resume the run in an existing run folder. "
                                 "Writes config.yaml, checkpoints, CSV logs, metrics.json and plots to the run folder.")
@@ -119,7 +119,7 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims.train.plots import plot_accuracy_by_resolution
+    from brims.train.plots import plot_test_summary
     from brims.train.run import METRICS_FILE
 
     runs = []
@@ -132,21 +132,42 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         runs.append(metrics)
     print(format_table(runs, [Path(f).name for f in args.runs]))
     plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "comparison.png"
-    plot_accuracy_by_resolution(runs, plot, f"sequential {runs[0]['dataset']}")
+    task = runs[0].get("task", "seqimage")
+    plot_test_summary(runs, plot, f"sequential {runs[0]['dataset']}" if task == "seqimage" else task)
     print(f"plot: {plot}")
     return 0
 
 
 def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
-    """Markdown: one row per run, test accuracy (%) per resolution then per noise level."""
-    sizes = sorted({int(s) for run in runs for s in run["resolution"]})
-    noises = list(dict.fromkeys(n for run in runs for n in run["noise"]))
-    header = ["run", "model", "params", "val"] + [f"{s}x{s}" for s in sizes] + noises
+    """Markdown, one row per run: the task's test metric per condition (and noise level)."""
+    task = runs[0].get("task", "seqimage")
+    if any(run.get("task", "seqimage") != task for run in runs):
+        raise ValueError("compare runs of one task at a time")
+    key, metric, label, scale, digits = {
+        "seqimage": ("resolution", "acc", "{c}x{c} acc %", 100.0, 1),
+        "copying": ("gap", "sequence_acc", "gap {c} seq acc % (copy CE)", 100.0, 1),
+        "adding": ("length", "mse", "length {c} MSE", 1.0, 4),
+    }[task]
+    conditions = sorted({int(c) for run in runs for c in run[key]})
+    noises = list(dict.fromkeys(n for run in runs for n in run.get("noise", {})))
+    monitor = "val_acc" if task == "seqimage" else "val_loss"
+    header = (["run", "model", "params", "best " + monitor] + [label.format(c=c) for c in conditions]
+              + [f"{n} acc %" for n in noises])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, run in enumerate(runs):
+        best = run.get(monitor)
         cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
-                 f"{100 * run['val_acc']:.1f}" if "val_acc" in run else "-"]
-        cells += [f"{100 * run['resolution'][str(s)]['acc']:.1f}" if str(s) in run["resolution"] else "-" for s in sizes]
-        cells += [f"{100 * run['noise'][n]['acc']:.1f}" if n in run["noise"] else "-" for n in noises]
+                 "-" if best is None else (f"{100 * best:.1f}" if task == "seqimage" else f"{best:.4f}")]
+        for condition in conditions:
+            result = run[key].get(str(condition))
+            cell = "-" if result is None else f"{scale * result[metric]:.{digits}f}"
+            if result is not None and task == "copying":
+                cell += f" ({result['copy_ce']:.3f})"
+            cells.append(cell)
+        cells += [f"{100 * run['noise'][n]['acc']:.1f}" if n in run.get("noise", {}) else "-" for n in noises]
         lines.append("| " + " | ".join(cells) + " |")
+    if task == "adding":
+        lines.append(f"\n(predicting 1 always scores MSE {runs[0]['trivial_mse']:.4f})")
+    if task == "copying":
+        lines.append(f"\n(copy CE: cross-entropy on the symbols to reproduce; chance {runs[0]['chance_copy_ce']:.3f})")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Typed experiment configs, read from and written to YAML, with dotted command-line overrides.
 
-A config has three sections, each a frozen dataclass validated on construction, so a bad
-value fails before training starts with a message naming the field::
+A config names its ``task`` and has three sections, each a frozen dataclass validated on
+construction, so a bad value fails before training starts with a message naming the field::
 
-    data:  which data set, resolutions, split, batch sizes, noise levels
+    task:  seqimage (sequential images), copying or adding (generated RIMs tasks)
+    data:  the task's data: data set and resolutions, or sequence lengths; batch sizes
     model: the recurrent core (:class:`brims.tasks.cores.CoreConfig`) and the embedding
     train: optimiser, budget, checkpoint cadence, hardware
 
@@ -90,6 +91,85 @@ class DataConfig:
         return tuple(sorted({self.train_resolution, *self.test_resolutions}))
 
 
+def _tuple_fields(config: Any, *names: str) -> None:
+    for name in names:
+        if isinstance(getattr(config, name), list):
+            object.__setattr__(config, name, tuple(getattr(config, name)))
+
+
+@dataclass(frozen=True)
+class GeneratedDataConfig:
+    """What every generated task shares.
+
+    Attributes:
+        train_sequences: fresh training sequences per epoch (each generated from its index).
+        validation_sequences, test_sequences: fixed seeded sets, drawn once per run.
+    """
+
+    train_sequences: int = 64_000
+    validation_sequences: int = 1000
+    test_sequences: int = 2000
+    batch_size: int = 64
+    eval_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        for name in ("train_sequences", "validation_sequences", "test_sequences", "batch_size", "eval_batch_size"):
+            _positive_int(f"data.{name}", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class CopyingDataConfig(GeneratedDataConfig):
+    """The RIMs copying task: ``copy_length`` symbols from ``num_classes``, a gap of blanks.
+
+    Attributes:
+        train_gap: blanks between the symbols and the delimiter in training.
+        test_gaps: gaps the test evaluates (the training gap is always added).
+    """
+
+    copy_length: int = 10
+    num_classes: int = 8
+    train_gap: int = 50
+    test_gaps: tuple[int, ...] = (200,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _tuple_fields(self, "test_gaps")
+        _positive_int("data.copy_length", self.copy_length)
+        _positive_int("data.num_classes", self.num_classes)
+        for name, gap in [("data.train_gap", self.train_gap)] + [("data.test_gaps[]", g) for g in self.test_gaps]:
+            _require(isinstance(gap, int) and not isinstance(gap, bool) and gap >= 0,
+                     f"{name} must be an integer >= 0, got {gap!r}")
+
+    @property
+    def all_test_gaps(self) -> tuple[int, ...]:
+        return tuple(sorted({self.train_gap, *self.test_gaps}))
+
+
+@dataclass(frozen=True)
+class AddingDataConfig(GeneratedDataConfig):
+    """The adding problem: sum the two marked values of a sequence.
+
+    Attributes:
+        train_length: steps per training sequence.
+        test_lengths: lengths the test evaluates (the training length is always added).
+    """
+
+    train_length: int = 50
+    test_lengths: tuple[int, ...] = (200,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _tuple_fields(self, "test_lengths")
+        for name, length in [("data.train_length", self.train_length)] + [("data.test_lengths[]", n)
+                                                                         for n in self.test_lengths]:
+            _require(isinstance(length, int) and not isinstance(length, bool) and length >= 2,
+                     f"{name} must be an integer >= 2, got {length!r}")
+
+    @property
+    def all_test_lengths(self) -> tuple[int, ...]:
+        return tuple(sorted({self.train_length, *self.test_lengths}))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -132,11 +212,20 @@ class TrainConfig:
         _require(isinstance(self.threads, int) and self.threads >= 0, f"train.threads must be >= 0, got {self.threads!r}")
 
 
+DATA_CONFIGS: dict[str, type] = {"seqimage": DataConfig, "copying": CopyingDataConfig, "adding": AddingDataConfig}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    data: DataConfig = field(default_factory=DataConfig)
+    task: str = "seqimage"
+    data: Any = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.task in DATA_CONFIGS, f"task must be one of {sorted(DATA_CONFIGS)}, got {self.task!r}")
+        _require(type(self.data) is DATA_CONFIGS[self.task],
+                 f"data of task {self.task} must be a {DATA_CONFIGS[self.task].__name__}, got {type(self.data).__name__}")
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -162,7 +251,7 @@ def _build(cls: type, values: Any, path: str) -> Any:
         raise ConfigError(f"unknown field {path + '.' if path else ''}{unknown[0]}; known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
-        sub = _SECTIONS.get((cls, name))
+        sub = DATA_CONFIGS.get(values.get("task")) if (cls, name) == (ExperimentConfig, "data") else _SECTIONS.get((cls, name))
         kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name) if sub else value
     try:
         return cls(**kwargs)
@@ -173,7 +262,6 @@ def _build(cls: type, values: Any, path: str) -> Any:
 
 
 _SECTIONS = {
-    (ExperimentConfig, "data"): DataConfig,
     (ExperimentConfig, "model"): ModelConfig,
     (ExperimentConfig, "train"): TrainConfig,
     (ModelConfig, "core"): CoreConfig,
@@ -204,18 +292,22 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Defaults ← ``base`` ← the YAML file at ``path`` ← ``overrides``, validated."""
-    values = ExperimentConfig().as_dict()
-    if base:
-        values = _merge(values, base)
+    """The task's defaults ← ``base`` ← the YAML file at ``path`` ← ``overrides``, validated."""
+    layers: list[dict[str, Any]] = [base or {}]
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (data, model, train)")
-        values = _merge(values, loaded)
+            raise ConfigError(f"{path} must hold a mapping of sections (task, data, model, train)")
+        layers.append(loaded)
     if overrides:
-        values = _merge(values, parse_overrides(overrides))
+        layers.append(parse_overrides(overrides))
+    task = next((layer["task"] for layer in reversed(layers) if "task" in layer), "seqimage")
+    if task not in DATA_CONFIGS:
+        raise ConfigError(f"task must be one of {sorted(DATA_CONFIGS)}, got {task!r}")
+    values = ExperimentConfig(task=task, data=DATA_CONFIGS[task]()).as_dict()
+    for layer in layers:
+        values = _merge(values, layer)
     return _build(ExperimentConfig, values, "")

@@ -1,4 +1,4 @@
-"""Sequential-image data for Lightning, with a training order that resumes mid-epoch.
+"""Data for Lightning (sequential images, generated tasks), with a training order that resumes mid-epoch.
 
 The training order is a function of ``(seed, epoch)`` only, and the loader reports how many
 batches of the current epoch were trained; Lightning stores that in every checkpoint
@@ -9,6 +9,7 @@ it had not seen yet instead of replaying the epoch.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class TokenDataset(Dataset):
-    """Pre-tokenised sequences ``(N, T, C)`` uint8 with labels ``(N,)``."""
+    """Fixed inputs ``(N, ...)`` (e.g. tokens ``(N, T, C)``) with their targets ``(N, ...)``."""
 
     def __init__(self, tokens: torch.Tensor, labels: torch.Tensor) -> None:
         self.tokens = tokens
@@ -62,10 +63,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return (self.size // self.world_size) // self.batch_size
 
-    def __iter__(self):
+    def epoch_order(self) -> torch.Tensor:
+        """The dataset indices of this epoch, in order (the same on every rank)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        share = order[self.rank :: self.world_size][: len(self) * self.batch_size]
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self):
+        share = self.epoch_order()[self.rank :: self.world_size][: len(self) * self.batch_size]
         batches = share.view(len(self), self.batch_size).tolist()
         start = 0
         if self._skip is not None and self._skip[0] == self.epoch:
@@ -80,6 +84,15 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._skip = (int(state["epoch"]), int(state["batches_done"]))
+
+
+class FreshBatchSampler(ResumableBatchSampler):
+    """For generated data: epoch ``e`` reads examples ``e*size .. (e+1)*size - 1``, never seen
+    before (each example is generated from its own index, so the data is endless and the
+    order still resumes exactly)."""
+
+    def epoch_order(self) -> torch.Tensor:
+        return torch.arange(self.epoch * self.size, (self.epoch + 1) * self.size)
 
 
 class ResumableLoader(DataLoader):
@@ -143,6 +156,53 @@ class SeqImageDataModule(L.LightningDataModule):
         # Own generators: a DataLoader otherwise draws a seed from torch's global generator at
         # every epoch start, which would shift the dropout draws of a resumed run by one.
         return ResumableLoader(self.train_set, batch_sampler=sampler, generator=torch.Generator())
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False, generator=torch.Generator())
+
+
+class IndexedExamples(Dataset):
+    """Endless generated data: example ``j`` is drawn by ``draw(1, generator seeded by j)``,
+    so any example can be regenerated from its index alone (and resumes need no state)."""
+
+    def __init__(self, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]], seed: int) -> None:
+        self.draw = draw
+        self.seed = seed
+
+    def __len__(self) -> int:  # only the sampler's indices are ever asked for
+        raise TypeError("IndexedExamples has no length: it is endless")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        inputs, targets = self.draw(1, generator)
+        return inputs[0], targets[0]
+
+
+class GeneratedDataModule(L.LightningDataModule):
+    """A generated task: fresh training sequences every epoch, a fixed seeded validation set.
+
+    ``draw(count, generator)`` returns ``(inputs (count, ...), targets (count, ...))``.
+    """
+
+    def __init__(self, config: Any, seed: int, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+                 validation_seed: int = 1_000_000_007) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        self.draw = draw
+        self.validation_seed = validation_seed
+        self.val_set: TokenDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.val_set is None:
+            generator = torch.Generator().manual_seed(self.validation_seed + self.seed)
+            self.val_set = TokenDataset(*self.draw(self.config.validation_sequences, generator))
+
+    def train_dataloader(self) -> ResumableLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = FreshBatchSampler(self.config.train_sequences, self.config.batch_size, self.seed, rank, world)
+        return ResumableLoader(IndexedExamples(self.draw, self.seed), batch_sampler=sampler, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None

@@ -38,7 +38,7 @@ def evaluate_test(model: SequenceClassifier, config: ExperimentConfig, device: t
     """``{"resolution": {S: metrics}, "noise": {name: metrics}}`` on the full test split."""
     data = config.data
     split = load_image_split(data.dataset, "test", data.data_dir)
-    results: dict[str, Any] = {"resolution": {}, "noise": {}}
+    results: dict[str, Any] = {"train_resolution": data.train_resolution, "resolution": {}, "noise": {}}
     for size in data.all_test_resolutions:
         tokens = make_sequences(split.images, size, data.binarized)  # (N, S*S, C)
         results["resolution"][str(size)] = accuracy_on(model, tokens, split.labels, data.eval_batch_size, device,

@@ -1,4 +1,4 @@
-"""The Lightning module of sequential image classification."""
+"""The Lightning module every task trains with: the task's model, loss and metrics; Adam."""
 
 from __future__ import annotations
 
@@ -6,23 +6,15 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from brims.data.images import IMAGE_DATASETS
-from brims.tasks.seqimage import SequenceClassifier
 from brims.train.checkpoint import FORMAT_KEY, FORMAT_VERSION
-from brims.train.config import ExperimentConfig, load_config
+from brims.train.config import load_config
+from brims.train.tasks import make_task
 
 
-def build_classifier(config: ExperimentConfig) -> SequenceClassifier:
-    info = IMAGE_DATASETS[config.data.dataset]
-    vocab = 2 if config.data.binarized else 256
-    return SequenceClassifier(config.model.core, info.channels, vocab, config.model.embedding_size, info.classes)
-
-
-class SeqImageModule(L.LightningModule):
-    """Cross-entropy on the class after the last pixel; Adam; accuracy on validation.
+class ExperimentModule(L.LightningModule):
+    """Trains the model of its config's task; logs ``train/*`` per step and ``val/*`` per validation.
 
     The checkpoint carries the resolved config (as plain YAML-able values, so it loads with
     ``weights_only=True``) and the torch RNG state (dropout draws continue exactly on resume).
@@ -32,23 +24,22 @@ class SeqImageModule(L.LightningModule):
         super().__init__()
         self.config_dict = config
         self.config = load_config(base=config)
-        self.model = build_classifier(self.config)
+        self.task = make_task(self.config)
+        self.model = self.task.build_model()
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.model(tokens)
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.model(inputs)
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        tokens, labels = batch
-        logits = self.model(tokens)  # (B, K)
-        loss = F.cross_entropy(logits, labels)
-        accuracy = (logits.argmax(-1) == labels).float().mean()
+        loss, metrics = self.task.step(self.model, batch)
         on_step = stage == "train"
         # Validation is averaged over ranks (each rank holds the whole validation split, so the
         # ranks agree; syncing keeps checkpoint selection identical under DDP regardless).
-        options = {"on_step": on_step, "on_epoch": not on_step, "prog_bar": True, "batch_size": len(labels),
+        options = {"on_step": on_step, "on_epoch": not on_step, "prog_bar": True, "batch_size": len(batch[0]),
                    "sync_dist": not on_step}
         self.log(f"{stage}/loss", loss, **options)
-        self.log(f"{stage}/acc", accuracy, **options)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, **options)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

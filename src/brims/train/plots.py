@@ -20,9 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from brims.data.images import load_image_split  # noqa: E402
 from brims.data.store import atomic_write  # noqa: E402
-from brims.tasks.seqimage import make_sequences  # noqa: E402
 
 log = logging.getLogger(__name__)
 SLOT_NAMES = ("null", "bottom-up", "top-down")
@@ -52,19 +50,31 @@ def read_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {key: sorted(points.items()) for key, points in series.items()}
 
 
-def plot_learning_curves(run_dir: Path, title: str) -> Path | None:
+# Per task: the test conditions in metrics.json, the metric to draw, and the axis labels.
+SUMMARIES = {
+    "seqimage": ("resolution", "acc", "test resolution (side in pixels)", "test accuracy (%)", 100.0,
+                 "accuracy_by_resolution.png"),
+    "copying": ("gap", "sequence_acc", "gap (blanks between symbols and delimiter)", "exact-sequence accuracy (%)",
+                100.0, "accuracy_by_gap.png"),
+    "adding": ("length", "mse", "sequence length", "test mean squared error", 1.0, "mse_by_length.png"),
+}
+LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse"}
+
+
+def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
+    """Loss and ``metric`` against the step, training (per logged step) and validation."""
     series = read_log(run_dir)
     if not series:
         return None
-    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, axis in (("loss", loss_axis), ("acc", acc_axis)):
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, axis in zip(("loss", metric), axes):
         for stage, style in (("train", "-"), ("val", "o-")):
             points = series.get(f"{stage}/{key}")
             if points:
                 steps, values = zip(*points)
                 axis.plot(steps, values, style, label=stage, alpha=0.8 if stage == "train" else 1.0, markersize=3)
         axis.set_xlabel("step")
-        axis.set_ylabel("cross-entropy" if key == "loss" else "accuracy")
+        axis.set_ylabel(key)
         axis.legend()
         axis.grid(alpha=0.3)
     figure.suptitle(title)
@@ -73,16 +83,21 @@ def plot_learning_curves(run_dir: Path, title: str) -> Path | None:
     return path
 
 
-def plot_accuracy_by_resolution(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """One line per run's ``metrics.json``: test accuracy against test resolution."""
+def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """One line per run's ``metrics.json``: the task's test metric against its test condition
+    (resolution, gap or length); dotted: the training condition."""
+    key, metric, xlabel, ylabel, scale, _ = SUMMARIES[runs[0].get("task", "seqimage")]
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for metrics in runs:
-        sizes = sorted(int(s) for s in metrics["resolution"])
-        accuracy = [100 * metrics["resolution"][str(s)]["acc"] for s in sizes]
-        axis.plot(sizes, accuracy, "o-", label=metrics.get("label", metrics["model"]))
-        axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("test resolution (side in pixels; dotted: training)")
-    axis.set_ylabel("test accuracy (%)")
+        conditions = sorted(int(c) for c in metrics[key])
+        values = [scale * metrics[key][str(c)][metric] for c in conditions]
+        axis.plot(conditions, values, "o-", label=metrics.get("label", metrics["model"]))
+        if "train_resolution" in metrics:
+            axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
+    if "trivial_mse" in runs[0]:
+        axis.axhline(runs[0]["trivial_mse"], color="grey", linestyle="--", linewidth=1, label="predict 1 (trivial)")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
@@ -90,29 +105,40 @@ def plot_accuracy_by_resolution(runs: Sequence[dict[str, Any]], path: Path, titl
     return path
 
 
+def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
+    """Top row of the activity figure: what the model read."""
+    sequence = inputs[0].float().cpu()  # (T, F)
+    if config.task == "seqimage":
+        side = config.data.train_resolution
+        axes[0].imshow(sequence.mean(-1).reshape(side, side), cmap="gray")
+        axes[0].set_title(f"{caption}, read row by row; predicted {prediction}")
+        axes[0].axis("off")
+    else:
+        axes[0].imshow(sequence.T, aspect="auto", cmap="Greys", interpolation="nearest")
+        axes[0].set_title(f"{caption}: input features over time; predicted {prediction}")
+        axes[0].set_ylabel("feature")
+    axes[1].axis("off")
+
+
 @torch.no_grad()
-def plot_module_activity(run_dir: Path, config: Any, model: Any, index: int = 0) -> Path | None:
-    """Active modules and slot attention over one test sequence at the training resolution."""
+def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> Path | None:
+    """For one test sequence: which modules are active at each step of each layer, and how the
+    input attention splits between the null, bottom-up and top-down slots."""
     if not model.core.is_modular:
         return None
-    data = config.data
-    split = load_image_split(data.dataset, "test", data.data_dir)
-    tokens = make_sequences(split.images[index : index + 1], data.train_resolution, data.binarized)  # (1, T, C)
+    inputs, caption = task.activity_input()  # (1, T, F)
     device = next(model.parameters()).device
-    logits, diagnostics = model(tokens.to(device), return_diagnostics=True)
+    output, diagnostics = model(inputs.to(device), return_diagnostics=True)
+    if config.task == "adding":
+        prediction = f"{float(output.flatten()[0]):.2f}"
+    elif output.dim() == 3:
+        prediction = "".join(str(int(t)) for t in output[0].argmax(-1)[-config.data.copy_length :])
+    else:
+        prediction = str(int(output.argmax(-1)[0]))
     layers = len(diagnostics.active)
     figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + 1)),
                                 gridspec_kw={"width_ratios": [3, 2]}, squeeze=False)
-    image = split.images[index].float() / 255  # (H, W, C)
-    axes[0][0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-    axes[0][0].set_title(f"test image {index}: label {int(split.labels[index])}, "
-                         f"predicted {int(logits.argmax(-1))}")
-    axes[0][0].axis("off")
-    side = data.train_resolution
-    seen = tokens[0].float().mean(-1).reshape(side, side)  # (S, S): the pixels read, one per step
-    axes[0][1].imshow(seen, cmap="gray")
-    axes[0][1].set_title(f"as read: {side}x{side}{', binarised' if data.binarized else ''}, row by row")
-    axes[0][1].axis("off")
+    _draw_input(axes[0], config, inputs, caption, prediction)
     for layer in range(layers):
         active = diagnostics.active[layer][:, 0].float().cpu()  # (T, n)
         attention = diagnostics.attention[layer][:, 0].float().cpu()  # (T, n, slots)
@@ -120,7 +146,7 @@ def plot_module_activity(run_dir: Path, config: Any, model: Any, index: int = 0)
         row[0].imshow(active.T, aspect="auto", cmap="Greys", interpolation="nearest")
         row[0].set_yticks(range(active.shape[1]))
         row[0].set_ylabel(f"layer {layer + 1}\nmodule")
-        row[0].set_xlabel("step (pixel)")
+        row[0].set_xlabel("step")
         row[0].set_title(f"layer {layer + 1}: active modules (black)")
         per_slot = attention.mean(1)  # (T, slots)
         for slot in range(per_slot.shape[-1]):
@@ -128,18 +154,19 @@ def plot_module_activity(run_dir: Path, config: Any, model: Any, index: int = 0)
         row[1].set_ylim(0, 1)
         row[1].set_title(f"layer {layer + 1}: input attention by slot")
         row[1].legend(fontsize=7, loc="upper right")
-        row[1].set_xlabel("step (pixel)")
+        row[1].set_xlabel("step")
     figure.tight_layout()
     path = run_dir / "module_activity.png"
     _save(figure, path)
     return path
 
 
-def plot_run(run_dir: Path, config: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
-    title = f"{config.model.core.kind} on sequential {config.data.dataset}"
+def plot_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
+    kind = config.model.core.kind
+    title = f"{kind} on sequential {metrics['dataset']}" if config.task == "seqimage" else f"{kind} on {config.task}"
     made = [
-        plot_learning_curves(run_dir, title),
-        plot_accuracy_by_resolution([metrics], run_dir / "accuracy_by_resolution.png", title),
-        plot_module_activity(run_dir, config, model),
+        plot_learning_curves(run_dir, title, LEARNING_METRIC[config.task]),
+        plot_test_summary([metrics], run_dir / SUMMARIES[config.task][-1], title),
+        plot_module_activity(run_dir, config, task, model),
     ]
     return [path for path in made if path is not None]

@@ -23,13 +23,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from brims.data.images import load_image_split
 from brims.data.store import atomic_write
 from brims.train.checkpoint import FORMAT_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError, ExperimentConfig, load_config
-from brims.train.datamodule import SeqImageDataModule, TrackTrainedBatches
-from brims.train.evaluate import evaluate_test
-from brims.train.module import SeqImageModule, build_classifier
+from brims.train.datamodule import TrackTrainedBatches
+from brims.train.module import ExperimentModule
+from brims.train.tasks import make_task
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
@@ -73,14 +72,10 @@ def _differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str 
     return changed
 
 
-def _check_data(config: ExperimentConfig) -> None:
-    """Fail before any training when the data set has not been fetched (or is corrupted)."""
-    load_image_split(config.data.dataset, "test", config.data.data_dir)
-
-
 def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> L.Trainer:
     train = config.train
-    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/acc", mode="max",
+    task = make_task(config)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode=task.mode,
                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
     last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=train.checkpoint_every,
                            save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
@@ -109,12 +104,12 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it."""
     run_dir = Path(run_dir)
     config = prepare_run_dir(run_dir, config)
-    _check_data(config)
+    make_task(config).check_data()  # fail before any training when data is missing or corrupted
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = SeqImageModule(config.as_dict())
-    datamodule = SeqImageDataModule(config.data, config.train.seed)
+    module = ExperimentModule(config.as_dict())
+    datamodule = module.task.datamodule()
     trainer = make_trainer(config, run_dir, progress)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() else None
@@ -160,7 +155,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         config = load_config(base=checkpoint[FORMAT_KEY]["config"])
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
-    model = build_classifier(config)
+    model = make_task(config).build_model()
     weights = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items()}
     try:
         model.load_state_dict(weights)
@@ -179,32 +174,33 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config, model, checkpoint = load_trained(path, torch_device)
     started = time.perf_counter()
-    results = evaluate_test(model, config, torch_device, progress)
+    task = make_task(config)
+    results = task.evaluate(model, torch_device, progress)
     metrics = {
-        "dataset": config.data.dataset,
+        "task": config.task,
+        "dataset": getattr(config.data, "dataset", config.task),
         "model": config.model.core.kind,
         "checkpoint": str(path if path.is_file() else path / "checkpoints" / "best.ckpt"),
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
-        "train_resolution": config.data.train_resolution,
         "parameters": sum(p.numel() for p in model.parameters()),
         **results,
         "test_seconds": time.perf_counter() - started,
     }
-    best_score = _best_validation(checkpoint)
+    best_score = _best_validation(checkpoint, task.monitor)
     if best_score is not None:
-        metrics["val_acc"] = best_score
+        metrics[task.monitor.replace("/", "_")] = best_score  # e.g. val_acc: the best validation score
     train_time = run_dir / TRAIN_TIME_FILE
     if train_time.is_file():
         metrics["train"] = json.loads(train_time.read_text())
     _write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
-    plots.plot_run(run_dir, config, model, metrics)
+    plots.plot_run(run_dir, config, task, model, metrics)
     return metrics
 
 
-def _best_validation(checkpoint: dict[str, Any]) -> float | None:
+def _best_validation(checkpoint: dict[str, Any], monitor: str) -> float | None:
     for state in checkpoint.get("callbacks", {}).values():
-        if isinstance(state, dict) and state.get("monitor") == "val/acc" and state.get("best_model_score") is not None:
+        if isinstance(state, dict) and state.get("monitor") == monitor and state.get("best_model_score") is not None:
             return float(state["best_model_score"])
     return None
 

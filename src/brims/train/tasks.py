@@ -1,0 +1,213 @@
+"""What differs between experiments, behind one interface the harness drives.
+
+A :class:`Task` builds the model of a config, computes the loss and metrics of a batch,
+provides the Lightning data module, checks that its data exists before training, evaluates a
+trained model on every test condition, and picks the sequence drawn in the module-activity
+figure. :func:`make_task` builds the one a config names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from brims.data.images import IMAGE_DATASETS
+from brims.tasks.adding import FEATURES, TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
+from brims.tasks.copying import CopyingTaskConfig, make_copying_batch
+from brims.tasks.seqimage import SequenceClassifier
+from brims.tasks.sequence_model import SequenceModel
+from brims.train.config import ExperimentConfig
+from brims.train.datamodule import GeneratedDataModule, SeqImageDataModule
+
+Batch = tuple[Tensor, Tensor]
+
+
+class Task:
+    """The interface; see the module docstring. ``monitor`` is the validation metric that
+    selects ``best.ckpt`` and ``mode`` whether higher (``max``) or lower is better."""
+
+    monitor = "val/loss"
+    mode = "min"
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(loss, {metric: value})`` of one batch."""
+        raise NotImplementedError
+
+    def datamodule(self) -> L.LightningDataModule:
+        raise NotImplementedError
+
+    def check_data(self) -> None:
+        """Raise a clear error when the data is missing (generated tasks need nothing)."""
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        """One test sequence ``(1, T, F)`` for the module-activity figure, and its caption."""
+        raise NotImplementedError
+
+
+class SeqImageTask(Task):
+    monitor = "val/acc"
+    mode = "max"
+
+    def build_model(self) -> nn.Module:
+        info = IMAGE_DATASETS[self.config.data.dataset]
+        vocab = 2 if self.config.data.binarized else 256
+        return SequenceClassifier(self.config.model.core, info.channels, vocab, self.config.model.embedding_size,
+                                  info.classes)
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        tokens, labels = batch
+        logits = model(tokens)  # (B, K)
+        return F.cross_entropy(logits, labels), {"acc": (logits.argmax(-1) == labels).float().mean()}
+
+    def datamodule(self) -> L.LightningDataModule:
+        return SeqImageDataModule(self.config.data, self.config.train.seed)
+
+    def check_data(self) -> None:
+        from brims.data.images import load_image_split
+
+        load_image_split(self.config.data.dataset, "test", self.config.data.data_dir)
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        from brims.train.evaluate import evaluate_test
+
+        return evaluate_test(model, self.config, device, progress)
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        from brims.data.images import load_image_split
+        from brims.tasks.seqimage import make_sequences
+
+        data = self.config.data
+        split = load_image_split(data.dataset, "test", data.data_dir)
+        tokens = make_sequences(split.images[:1], data.train_resolution, data.binarized)  # (1, T, C)
+        return tokens, f"test image 0 (label {int(split.labels[0])}) at {data.train_resolution}x{data.train_resolution}"
+
+
+# Seeds of the fixed evaluation sets, apart from any training example's seed.
+VALIDATION_SEED, TEST_SEED = 1_000_000_007, 2_000_000_011
+
+
+class CopyingTask(Task):
+    def _task(self, gap: int) -> CopyingTaskConfig:
+        data = self.config.data
+        return CopyingTaskConfig(gap=gap, copy_length=data.copy_length, num_classes=data.num_classes)
+
+    def build_model(self) -> nn.Module:
+        vocab = self._task(self.config.data.train_gap).vocab_size
+        model = self.config.model
+        return SequenceModel(model.core, vocab, model.embedding_size, vocab, every_step=True)
+
+    def draw(self, gap: int, count: int, generator: torch.Generator) -> Batch:
+        """``count`` sequences: inputs ``(N, T, V)`` one-hot, targets ``(N, T)``."""
+        batch = make_copying_batch(self._task(gap), count, generator)
+        return batch.inputs.transpose(0, 1).contiguous(), batch.targets.transpose(0, 1).contiguous()
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, targets = batch
+        logits = model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), self._copy_metrics(logits, targets)
+
+    def _copy_metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        length = self.config.data.copy_length  # the symbols to reproduce are the last steps
+        copy_logits, copy_targets = logits[:, -length:], targets[:, -length:]  # (B, L, V), (B, L)
+        correct = copy_logits.argmax(-1) == copy_targets  # (B, L)
+        return {
+            "copy_ce": F.cross_entropy(copy_logits.flatten(0, 1), copy_targets.flatten()),
+            "symbol_acc": correct.float().mean(),
+            "sequence_acc": correct.all(1).float().mean(),
+        }
+
+    def datamodule(self) -> L.LightningDataModule:
+        gap = self.config.data.train_gap
+        return GeneratedDataModule(self.config.data, self.config.train.seed,
+                                   lambda count, generator: self.draw(gap, count, generator))
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        data = self.config.data
+        results = {}
+        for gap in data.all_test_gaps:
+            generator = torch.Generator().manual_seed(TEST_SEED + gap)
+            inputs, targets = self.draw(gap, data.test_sequences, generator)
+            sums = _evaluate_in_batches(model, self, inputs, targets, data.eval_batch_size, device,
+                                        f"test gap {gap}", progress)
+            results[str(gap)] = {**sums, "steps": inputs.shape[1]}
+        chance = math.log(data.num_classes)
+        return {"gap": results, "chance_copy_ce": chance}
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        gap = self.config.data.train_gap
+        inputs, _ = self.draw(gap, 1, torch.Generator().manual_seed(TEST_SEED))
+        return inputs, f"a test sequence at gap {gap}"
+
+
+class AddingTask(Task):
+    def build_model(self) -> nn.Module:
+        model = self.config.model
+        return SequenceModel(model.core, FEATURES, model.embedding_size, 1, every_step=False)
+
+    def draw(self, length: int, count: int, generator: torch.Generator) -> Batch:
+        """``count`` sequences: inputs ``(N, T, 2)``, targets ``(N,)``."""
+        batch = make_adding_batch(AddingTaskConfig(length), count, generator)
+        return batch.inputs.transpose(0, 1).contiguous(), batch.targets
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, targets = batch
+        prediction = model(inputs).squeeze(-1)  # (B,)
+        loss = F.mse_loss(prediction, targets)
+        return loss, {"mse": loss.detach()}
+
+    def datamodule(self) -> L.LightningDataModule:
+        length = self.config.data.train_length
+        return GeneratedDataModule(self.config.data, self.config.train.seed,
+                                   lambda count, generator: self.draw(length, count, generator))
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        data = self.config.data
+        results = {}
+        for length in data.all_test_lengths:
+            generator = torch.Generator().manual_seed(TEST_SEED + length)
+            inputs, targets = self.draw(length, data.test_sequences, generator)
+            results[str(length)] = _evaluate_in_batches(model, self, inputs, targets, data.eval_batch_size,
+                                                        device, f"test length {length}", progress)
+        return {"length": results, "trivial_mse": TRIVIAL_MSE}
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        length = self.config.data.train_length
+        inputs, _ = self.draw(length, 1, torch.Generator().manual_seed(TEST_SEED))
+        return inputs, f"a test sequence of length {length}"
+
+
+@torch.no_grad()
+def _evaluate_in_batches(model: nn.Module, task: Task, inputs: Tensor, targets: Tensor, batch_size: int,
+                         device: torch.device, label: str, progress: bool) -> dict[str, float]:
+    """Every metric of ``task.step`` averaged over all sequences (the last batch may be short)."""
+    model.eval()
+    totals: dict[str, float] = {}
+    for start in tqdm(range(0, len(inputs), batch_size), desc=label, disable=not progress, leave=False):
+        batch = inputs[start : start + batch_size].to(device), targets[start : start + batch_size].to(device)
+        loss, metrics = task.step(model, batch)
+        size = len(batch[0])
+        for name, value in {"loss": loss, **metrics}.items():
+            totals[name] = totals.get(name, 0.0) + float(value) * size
+    return {name: total / len(inputs) for name, total in totals.items()} | {"sequences": len(inputs)}
+
+
+TASKS: dict[str, type[Task]] = {"seqimage": SeqImageTask, "copying": CopyingTask, "adding": AddingTask}
+
+
+def make_task(config: ExperimentConfig) -> Task:
+    return TASKS[config.task](config)
