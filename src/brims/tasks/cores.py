@@ -56,8 +56,9 @@ class CoreConfig:
                 object.__setattr__(self, name, tuple(value))
         if self.kind == "lstm" and self.cell != "lstm":
             raise ValueError(f"model.core.cell={self.cell!r} has no meaning for the lstm core; leave it 'lstm'")
-        # Validate the sizes now (naming the field), not when the model is built mid-run.
-        self.brims_config(input_size=1)
+        if self.kind != "lstm":  # the module options mean nothing to the LSTM
+            # Validate the sizes now (naming the field), not when the model is built mid-run.
+            self.brims_config(input_size=1)
 
     @property
     def hidden_size(self) -> int:

@@ -65,6 +65,16 @@ def add_commands(commands: Any) -> None:
     test.add_argument("--no-progress", action="store_true", help="no progress bars")
     test.set_defaults(handler=run_test, command_parser=test)
 
+    generate = commands.add_parser("generate", help="sample text from a trained language model",
+                                   description="Read the prompt, then draw tokens one at a time from the model's "
+                                   "softmax (divided by the temperature) of a run folder's best checkpoint.")
+    generate.add_argument("path", help="run folder (task lm) or .ckpt file")
+    generate.add_argument("--prompt", default="", help="text to start from (default: a paragraph start)")
+    generate.add_argument("--length", type=int, default=200, help="tokens to draw (default: %(default)s)")
+    generate.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default: %(default)s)")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the draws (default: %(default)s)")
+    generate.set_defaults(handler=run_generate, command_parser=generate)
+
     compare = commands.add_parser("compare", help="table and plot comparing finished runs",
                                   description="Print a markdown table of the runs' metrics.json (test accuracy per "
                                   "resolution and noise level) and save accuracy_by_resolution.png next to them.")
@@ -143,6 +153,8 @@ def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     task = runs[0].get("task", "seqimage")
     if any(run.get("task", "seqimage") != task for run in runs):
         raise ValueError("compare runs of one task at a time")
+    if task == "lm":
+        return _language_table(runs, names)
     key, metric, label, scale, digits = {
         "seqimage": ("resolution", "acc", "{c}x{c} acc %", 100.0, 1),
         "copying": ("gap", "sequence_acc", "gap {c} seq acc % (copy CE)", 100.0, 1),
@@ -171,3 +183,40 @@ def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
     if task == "copying":
         lines.append(f"\n(copy CE: cross-entropy on the symbols to reproduce; chance {runs[0]['chance_copy_ce']:.3f})")
     return "\n".join(lines)
+
+
+def _language_table(runs: list[dict[str, Any]], names: list[str] | None) -> str:
+    """Perplexity (word level) or bits per character on the whole validation and test splits,
+    and on the test split with a share of its input tokens replaced at random."""
+    metric = "bpc" if runs[0]["level"] == "char" else "ppl"
+    shares = list(dict.fromkeys(share for run in runs for share in run["noise"]))
+    header = ["run", "model", "params", f"valid {metric}", f"test {metric}"] + [f"test {metric}, {s} noise"
+                                                                                 for s in shares]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, run in enumerate(runs):
+        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
+                 f"{run['valid'][metric]:.3f}", f"{run['test'][metric]:.3f}"]
+        cells += [f"{run['noise'][s][metric]:.3f}" if s in run["noise"] else "-" for s in shares]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    import torch
+
+    from brims.tasks.language import sample
+    from brims.train.run import load_trained
+    from brims.train.tasks import make_task
+
+    config, model, _ = load_trained(args.path)
+    if config.task != "lm":
+        parser.error(f"{args.path} is a {config.task} run; generate needs a language model (task lm)")
+    vocabulary = make_task(config).vocabulary()  # load_trained checked it against the checkpoint
+    start = "\n" if vocabulary.level == "char" else "<eos>"  # the start of a paragraph
+    prompt = vocabulary.encode(args.prompt) if args.prompt else torch.tensor([vocabulary.id_of(start)])
+    if prompt.numel() == 0:
+        parser.error(f"the prompt {args.prompt!r} holds no token of the vocabulary")
+    drawn = sample(model, prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed))
+    separator = " " if args.prompt and vocabulary.level == "word" else ""
+    print(args.prompt + separator + vocabulary.decode(drawn))
+    return 0

@@ -3,7 +3,7 @@
 A config names its ``task`` and has three sections, each a frozen dataclass validated on
 construction, so a bad value fails before training starts with a message naming the field::
 
-    task:  seqimage (sequential images), copying or adding (generated RIMs tasks)
+    task:  seqimage (sequential images), copying or adding (generated RIMs tasks), lm (language)
     data:  the task's data: data set and resolutions, or sequence lengths; batch sizes
     model: the recurrent core (:class:`brims.tasks.cores.CoreConfig`) and the embedding
     train: optimiser, budget, checkpoint cadence, hardware
@@ -171,18 +171,62 @@ class AddingDataConfig(GeneratedDataConfig):
 
 
 @dataclass(frozen=True)
+class LanguageDataConfig:
+    """Language modelling on a fetched corpus (``brims fetch <corpus>``).
+
+    Attributes:
+        corpus: ``austen`` (word level), ``shakespeare`` or ``gcide`` (character level).
+        seq_len: steps of truncated back-propagation; the state is carried across windows.
+        batch_size: contiguous training streams (split across ranks under DDP).
+        eval_batch_size: streams of the validation and test evaluation.
+        noise: shares of input tokens replaced at random in the robustness test (targets stay clean).
+    """
+
+    corpus: str = "austen"
+    seq_len: int = 35
+    batch_size: int = 20
+    eval_batch_size: int = 10
+    noise: tuple[float, ...] = (0.05, 0.2)
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from brims.data.corpora import CORPORA
+
+        _tuple_fields(self, "noise")
+        _require(self.corpus in CORPORA, f"data.corpus must be one of {sorted(CORPORA)}, got {self.corpus!r}")
+        _positive_int("data.seq_len", self.seq_len)
+        _positive_int("data.batch_size", self.batch_size)
+        _positive_int("data.eval_batch_size", self.eval_batch_size)
+        for share in self.noise:
+            _require(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1,
+                     f"data.noise entries must be shares in (0, 1], got {share!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
+    """Attributes:
+    embedding_size: size of the input embedding or projection.
+    dropout: language modelling only: dropout on the embedding and on the core's output.
+    tie_weights: language modelling only: the readout shares the embedding's weight.
+    """
+
     core: CoreConfig = field(default_factory=CoreConfig)
     embedding_size: int = 300
+    dropout: float = 0.0
+    tie_weights: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("model.embedding_size", self.embedding_size)
+        _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+                 f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        _require(isinstance(self.tie_weights, bool), f"model.tie_weights must be true or false, got {self.tie_weights!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Attributes:
     epochs: passes over the training split (the budget).
+    max_steps: stop after this many optimiser steps even within an epoch (0: no limit).
     checkpoint_every: steps between ``last.ckpt`` saves (what a crash can lose at most).
     validate_every: steps between validations (0: once per epoch).
     accelerator, devices, strategy, precision: passed to the Lightning ``Trainer``.
@@ -190,6 +234,7 @@ class TrainConfig:
     """
 
     epochs: int = 100
+    max_steps: int = 0
     lr: float = 1e-3
     grad_clip: float = 1.0
     seed: int = 0
@@ -203,6 +248,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)
+        _require(isinstance(self.max_steps, int) and not isinstance(self.max_steps, bool) and self.max_steps >= 0,
+                 f"train.max_steps must be an integer >= 0 (0: no limit), got {self.max_steps!r}")
         _require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
         _require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
                  f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
@@ -212,7 +259,9 @@ class TrainConfig:
         _require(isinstance(self.threads, int) and self.threads >= 0, f"train.threads must be >= 0, got {self.threads!r}")
 
 
-DATA_CONFIGS: dict[str, type] = {"seqimage": DataConfig, "copying": CopyingDataConfig, "adding": AddingDataConfig}
+DATA_CONFIGS: dict[str, type] = {
+    "seqimage": DataConfig, "copying": CopyingDataConfig, "adding": AddingDataConfig, "lm": LanguageDataConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -226,6 +275,9 @@ class ExperimentConfig:
         _require(self.task in DATA_CONFIGS, f"task must be one of {sorted(DATA_CONFIGS)}, got {self.task!r}")
         _require(type(self.data) is DATA_CONFIGS[self.task],
                  f"data of task {self.task} must be a {DATA_CONFIGS[self.task].__name__}, got {type(self.data).__name__}")
+        if self.task != "lm":
+            _require(self.model.dropout == 0 and not self.model.tie_weights,
+                     f"model.dropout and model.tie_weights apply to task lm only, not {self.task}")
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

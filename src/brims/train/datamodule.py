@@ -207,3 +207,72 @@ class GeneratedDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
         return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False, generator=torch.Generator())
+
+
+class InOrderBatchSampler(ResumableBatchSampler):
+    """Items in their natural order every epoch (the windows of a text, whose state carries on)."""
+
+    def epoch_order(self) -> torch.Tensor:
+        return torch.arange(self.size)
+
+
+class TextWindows(Dataset):
+    """Window ``i`` of ``(T, B)`` streams: ``(inputs (B, L), targets (B, L), i)``.
+
+    ``inputs_stream`` may differ from ``stream`` (corrupted inputs, clean targets).
+    """
+
+    def __init__(self, stream: torch.Tensor, seq_len: int, inputs_stream: torch.Tensor | None = None) -> None:
+        if stream.shape[0] < 2:
+            raise ValueError(f"a stream of {stream.shape[0]} steps has no input/target pair")
+        self.stream = stream
+        self.inputs_stream = stream if inputs_stream is None else inputs_stream
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return -(-(self.stream.shape[0] - 1) // self.seq_len)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        start = index * self.seq_len
+        stop = min(start + self.seq_len, self.stream.shape[0] - 1)
+        return self.inputs_stream[start:stop].t(), self.stream[start + 1 : stop + 1].t(), index  # (B, L) x2
+
+
+def _single(items: list[Any]) -> Any:
+    """Collate for samplers that yield one-item batches of ready-made windows."""
+    inputs, targets, index = items[0]
+    return inputs, targets, torch.tensor(index)
+
+
+class TextDataModule(L.LightningDataModule):
+    """Training windows in order over ``batch_size`` streams (each rank reads its own streams),
+    validation windows in order over ``eval_batch_size`` streams."""
+
+    def __init__(self, config: Any, seed: int) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        self.train_set: TextWindows | None = None
+        self.val_set: TextWindows | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from brims.data.corpora import batchify, load_corpus
+
+        if self.train_set is not None:
+            return
+        corpus = load_corpus(self.config.corpus, self.config.data_dir)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if self.config.batch_size % world:
+            raise ValueError(f"data.batch_size={self.config.batch_size} streams do not split over {world} ranks")
+        streams = batchify(corpus.train, self.config.batch_size)[:, rank::world]  # (T, B / world)
+        self.train_set = TextWindows(streams, self.config.seq_len)
+        self.val_set = TextWindows(batchify(corpus.valid, self.config.eval_batch_size), self.config.seq_len)
+
+    def train_dataloader(self) -> ResumableLoader:
+        assert self.train_set is not None
+        sampler = InOrderBatchSampler(len(self.train_set), 1, self.seed)
+        return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=_single, generator=torch.Generator())
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        return DataLoader(self.val_set, batch_size=1, shuffle=False, collate_fn=_single, generator=torch.Generator())

@@ -30,7 +30,7 @@ class ExperimentModule(L.LightningModule):
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model(inputs)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         loss, metrics = self.task.step(self.model, batch)
         on_step = stage == "train"
         # Validation is averaged over ranks (each rank holds the whole validation split, so the
@@ -52,7 +52,9 @@ class ExperimentModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.config.train.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[FORMAT_KEY] = {"format": FORMAT_VERSION, "config": self.config_dict, "rng": torch.get_rng_state()}
+        checkpoint[FORMAT_KEY] = {"format": FORMAT_VERSION, "config": self.config_dict, "rng": torch.get_rng_state(),
+                                  "task_state": self.task.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         torch.set_rng_state(checkpoint[FORMAT_KEY]["rng"])
+        self.task.load_state_dict(checkpoint[FORMAT_KEY].get("task_state", {}))

@@ -57,8 +57,9 @@ SUMMARIES = {
     "copying": ("gap", "sequence_acc", "gap (blanks between symbols and delimiter)", "exact-sequence accuracy (%)",
                 100.0, "accuracy_by_gap.png"),
     "adding": ("length", "mse", "sequence length", "test mean squared error", 1.0, "mse_by_length.png"),
+    "lm": ("noise", "", "share of input tokens replaced at random", "", 1.0, "test_by_noise.png"),
 }
-LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse"}
+LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse", "lm": "bpc"}
 
 
 def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
@@ -66,8 +67,9 @@ def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
     series = read_log(run_dir)
     if not series:
         return None
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, axis in zip(("loss", metric), axes):
+    keys = ["loss"] + [metric] * any(key.endswith("/" + metric) for key in series)
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for key, axis in zip(keys, axes[0]):
         for stage, style in (("train", "-"), ("val", "o-")):
             points = series.get(f"{stage}/{key}")
             if points:
@@ -86,11 +88,18 @@ def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
 def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """One line per run's ``metrics.json``: the task's test metric against its test condition
     (resolution, gap or length); dotted: the training condition."""
-    key, metric, xlabel, ylabel, scale, _ = SUMMARIES[runs[0].get("task", "seqimage")]
+    task = runs[0].get("task", "seqimage")
+    key, metric, xlabel, ylabel, scale, _ = SUMMARIES[task]
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for metrics in runs:
-        conditions = sorted(int(c) for c in metrics[key])
-        values = [scale * metrics[key][str(c)][metric] for c in conditions]
+        if task == "lm":  # the clean test split at share 0, then each noise share
+            metric = "bpc" if metrics["level"] == "char" else "ppl"
+            ylabel = f"test {'bits per character' if metric == 'bpc' else 'perplexity'}"
+            points = {0.0: metrics["test"], **{float(share): result for share, result in metrics["noise"].items()}}
+        else:
+            points = {int(c): result for c, result in metrics[key].items()}
+        conditions = sorted(points)
+        values = [scale * points[c][metric] for c in conditions]
         axis.plot(conditions, values, "o-", label=metrics.get("label", metrics["model"]))
         if "train_resolution" in metrics:
             axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
@@ -107,6 +116,11 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
 
 def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
     """Top row of the activity figure: what the model read."""
+    if config.task == "lm":
+        axes[0].set_title(f"validation text: {caption}", fontsize=9)
+        axes[0].axis("off")
+        axes[1].axis("off")
+        return
     sequence = inputs[0].float().cpu()  # (T, F)
     if config.task == "seqimage":
         side = config.data.train_resolution
@@ -128,8 +142,11 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
         return None
     inputs, caption = task.activity_input()  # (1, T, F)
     device = next(model.parameters()).device
-    output, diagnostics = model(inputs.to(device), return_diagnostics=True)
-    if config.task == "adding":
+    result = model(inputs.to(device), return_diagnostics=True)
+    output, diagnostics = result[0], result[-1]  # a language model also returns its state
+    if config.task == "lm":
+        prediction = ""
+    elif config.task == "adding":
         prediction = f"{float(output.flatten()[0]):.2f}"
     elif output.dim() == 3:
         prediction = "".join(str(int(t)) for t in output[0].argmax(-1)[-config.data.copy_length :])

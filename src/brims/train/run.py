@@ -82,6 +82,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True)
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
         accelerator=train.accelerator,
         devices=train.devices,
         strategy=train.strategy,
@@ -116,7 +117,9 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     resumed_step = None
     if resume is not None:
         # A clear error for a corrupted file before Lightning touches it.
-        resumed_step = read_checkpoint(resume).get("global_step")
+        checkpoint = read_checkpoint(resume)
+        module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+        resumed_step = checkpoint.get("global_step")
         log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
@@ -155,7 +158,9 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         config = load_config(base=checkpoint[FORMAT_KEY]["config"])
     except ConfigError as error:
         raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
-    model = make_task(config).build_model()
+    task = make_task(config)
+    task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+    model = task.build_model()
     weights = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items()}
     try:
         model.load_state_dict(weights)

@@ -20,10 +20,11 @@ from tqdm.auto import tqdm
 from brims.data.images import IMAGE_DATASETS
 from brims.tasks.adding import FEATURES, TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
 from brims.tasks.copying import CopyingTaskConfig, make_copying_batch
+from brims.tasks.language import LanguageModel, detach_state, move_state, state_from_plain, state_to_plain
 from brims.tasks.seqimage import SequenceClassifier
 from brims.tasks.sequence_model import SequenceModel
 from brims.train.config import ExperimentConfig
-from brims.train.datamodule import GeneratedDataModule, SeqImageDataModule
+from brims.train.datamodule import GeneratedDataModule, SeqImageDataModule, TextDataModule, TextWindows
 
 Batch = tuple[Tensor, Tensor]
 
@@ -57,6 +58,16 @@ class Task:
     def activity_input(self) -> tuple[Tensor, str]:
         """One test sequence ``(1, T, F)`` for the module-activity figure, and its caption."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the task carries between batches (saved in checkpoints); most carry nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        """Raise if a checkpoint's saved task state does not fit this task's data."""
 
 
 class SeqImageTask(Task):
@@ -191,6 +202,100 @@ class AddingTask(Task):
         return inputs, f"a test sequence of length {length}"
 
 
+class LanguageTask(Task):
+    """Next-token prediction with the state carried across windows (truncated BPTT).
+
+    A batch is ``(inputs (B, L), targets (B, L), window index)``; window 0 starts a pass over
+    the text, so the carried state is reset there (separately for training and evaluation).
+    """
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__(config)
+        from brims.data.corpora import corpus_info
+
+        self.level = corpus_info(config.data.corpus).level
+        self.states: dict[bool, Any] = {True: None, False: None}  # by model.training
+
+    def vocabulary(self) -> Any:
+        from brims.data.corpora import load_vocabulary
+
+        return load_vocabulary(self.config.data.corpus, self.config.data.data_dir)
+
+    def build_model(self) -> nn.Module:
+        model = self.config.model
+        return LanguageModel(model.core, len(self.vocabulary()), model.embedding_size, model.dropout,
+                             model.tie_weights)
+
+    def step(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        inputs, targets, index = batch
+        if int(index) == 0:
+            self.states[model.training] = None
+        logits, state = model(inputs, move_state(self.states[model.training], inputs.device))  # (B, L, V)
+        self.states[model.training] = detach_state(state)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return loss, ({"bpc": loss.detach() / math.log(2)} if self.level == "char" else {})
+
+    def datamodule(self) -> L.LightningDataModule:
+        return TextDataModule(self.config.data, self.config.train.seed)
+
+    def check_data(self) -> None:
+        self.vocabulary()
+
+    @torch.no_grad()
+    def _score(self, model: nn.Module, clean: Tensor, inputs: Tensor, device: torch.device, label: str,
+               progress: bool) -> dict[str, float]:
+        """Mean next-token cross-entropy over every target of ``clean`` (in ``eval_batch_size``
+        streams, state carried), reading ``inputs`` (the same text, possibly corrupted)."""
+        from brims.data.corpora import batchify
+
+        data = self.config.data
+        windows = TextWindows(batchify(clean, data.eval_batch_size), data.seq_len,
+                              batchify(inputs, data.eval_batch_size))
+        model.eval()
+        state, total, count = None, 0.0, 0
+        for index in tqdm(range(len(windows)), desc=label, disable=not progress, leave=False):
+            window_inputs, window_targets, _ = windows[index]
+            logits, state = model(window_inputs.to(device), state)  # (B, L, V)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), window_targets.to(device).flatten(),
+                                     reduction="sum").item()
+            count += window_targets.numel()
+        loss = total / count
+        measure = {"bpc": loss / math.log(2)} if self.level == "char" else {"ppl": math.exp(loss)}
+        return {"loss": loss, **measure, "tokens": count}
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        from brims.data.corpora import corrupt_tokens, load_corpus
+
+        corpus = load_corpus(self.config.data.corpus, self.config.data.data_dir)
+        results: dict[str, Any] = {"level": self.level, "vocabulary": len(corpus.vocab)}
+        for split in ("valid", "test"):
+            ids = corpus.split(split)
+            results[split] = self._score(model, ids, ids, device, split, progress)
+        results["noise"] = {}
+        for share in self.config.data.noise:
+            generator = torch.Generator().manual_seed(TEST_SEED)
+            noisy = corrupt_tokens(corpus.test, share, len(corpus.vocab), generator)
+            results["noise"][f"{share:g}"] = self._score(model, corpus.test, noisy, device, f"test, {share:g} noise",
+                                                         progress)
+        return results
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        from brims.data.corpora import load_corpus
+
+        corpus = load_corpus(self.config.data.corpus, self.config.data.data_dir)
+        tokens = corpus.valid[:100].view(1, -1)  # (1, T)
+        return tokens, repr(corpus.vocab.decode(tokens[0])[:90])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_state": state_to_plain(self.states[True]), "vocabulary": self.vocabulary().fingerprint()}
+
+    def check_checkpoint(self, state: dict[str, Any]) -> None:
+        self.vocabulary().check_matches(state.get("vocabulary"))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.states[True] = state_from_plain(state.get("train_state"))
+
+
 @torch.no_grad()
 def _evaluate_in_batches(model: nn.Module, task: Task, inputs: Tensor, targets: Tensor, batch_size: int,
                          device: torch.device, label: str, progress: bool) -> dict[str, float]:
@@ -206,7 +311,8 @@ def _evaluate_in_batches(model: nn.Module, task: Task, inputs: Tensor, targets: 
     return {name: total / len(inputs) for name, total in totals.items()} | {"sequences": len(inputs)}
 
 
-TASKS: dict[str, type[Task]] = {"seqimage": SeqImageTask, "copying": CopyingTask, "adding": AddingTask}
+TASKS: dict[str, type[Task]] = {"seqimage": SeqImageTask, "copying": CopyingTask, "adding": AddingTask,
+                                "lm": LanguageTask}
 
 
 def make_task(config: ExperimentConfig) -> Task:

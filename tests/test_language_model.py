@@ -1,0 +1,154 @@
+"""Language modelling on the harness, on small generated corpora (never fetched text)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from brims.cli import main
+from brims.data.corpora import batchify, prepare_corpus
+from brims.data.vocab import VocabularyMismatchError
+from brims.tasks.cores import CoreConfig
+from brims.tasks.language import LanguageModel, detach_state, sample, state_from_plain, state_to_plain
+from brims.train.config import ConfigError, load_config
+from brims.train.datamodule import InOrderBatchSampler, TextWindows
+from brims.train.run import load_trained
+
+WORDS = "the cat sat on a mat and then it ran off to see the dog who was sleeping".split()
+TINY = {"hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
+        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4, "compile": False}
+
+
+def documents(seed: int, count: int = 3, paragraphs: int = 40) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [sum(([" ".join(rng.choice(WORDS) for _ in range(10)) + ".", ""] for _ in range(paragraphs)), [])
+            for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("text")
+    prepare_corpus("austen", documents(0), root)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["brims", "rims", "brims-no-top-down", "lstm"])
+def test_language_model_shapes_and_state(kind):
+    model = LanguageModel(CoreConfig(kind=kind, **TINY), vocab_size=11, embedding_size=6, dropout=0.0, tie=False)
+    tokens = torch.randint(0, 11, (3, 7))
+    logits, state = model(tokens)
+    assert logits.shape == (3, 7, 11)
+    assert state_from_plain(state_to_plain(state)) is not None
+    plain = state_to_plain(detach_state(state))
+    assert all(not t.requires_grad for t in plain["h"] + plain["c"])
+
+
+@pytest.mark.parametrize("kind", ["brims", "lstm"])
+def test_carrying_the_state_equals_reading_the_whole_text(kind):
+    torch.manual_seed(0)
+    model = LanguageModel(CoreConfig(kind=kind, **{**TINY, "attention_dropout": 0.0}), 11, 6, 0.0, False).double()
+    model.eval()
+    tokens = torch.randint(0, 11, (2, 9))
+    whole, _ = model(tokens)
+    first, state = model(tokens[:, :4])
+    second, _ = model(tokens[:, 4:], state)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-12)
+
+
+def test_tied_weights_are_one_parameter_and_need_equal_sizes():
+    model = LanguageModel(CoreConfig(kind="lstm", hidden_sizes=(6, 6)), 11, 6, 0.1, tie=True)
+    assert model.readout.weight is model.embedding.weight
+    with pytest.raises(ValueError, match="tie_weights"):
+        LanguageModel(CoreConfig(kind="lstm", hidden_sizes=(8, 8)), 11, 6, 0.1, tie=True)
+
+
+def test_sample_is_seeded_and_checks_its_arguments():
+    model = LanguageModel(CoreConfig(kind="brims", **TINY), 11, 6, 0.0, False)
+    prompt = torch.tensor([1, 2])
+    first = sample(model, prompt, 12, 0.8, torch.Generator().manual_seed(3))
+    again = sample(model, prompt, 12, 0.8, torch.Generator().manual_seed(3))
+    assert first.shape == (12,) and torch.equal(first, again) and int(first.max()) < 11
+    for length, temperature, bad_prompt in [(0, 1.0, prompt), (3, 0.0, prompt), (3, 1.0, torch.tensor([]))]:
+        with pytest.raises(ValueError):
+            sample(model, bad_prompt.long(), length, temperature, torch.Generator())
+
+
+def test_text_windows_cover_every_target_once_in_order():
+    stream = batchify(torch.arange(103), 4)  # (25, 4)
+    windows = TextWindows(stream, seq_len=7)
+    targets = torch.cat([windows[i][1] for i in range(len(windows))], dim=1)  # (B, 24)
+    assert torch.equal(targets, stream[1:].t())
+    inputs = torch.cat([windows[i][0] for i in range(len(windows))], dim=1)
+    assert torch.equal(inputs, stream[:-1].t())
+    sampler = InOrderBatchSampler(len(windows), 1, seed=0)
+    sampler.load_state_dict({"epoch": 0, "batches_done": 2})
+    assert [b[0] for b in sampler] == list(range(2, len(windows)))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [("data.corpus=ptb", "data.corpus"), ("data.seq_len=0", "data.seq_len"), ("data.noise=[1.5]", "data.noise"),
+     ("model.dropout=1.0", "model.dropout")],
+)
+def test_language_config_errors_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(overrides=["task=lm", override])
+
+
+def test_dropout_belongs_to_language_models_only():
+    with pytest.raises(ConfigError, match="task lm only"):
+        load_config(overrides=["model.dropout=0.1"])
+
+
+@pytest.fixture(scope="module")
+def finished_lm_run(corpus_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    config = {
+        "task": "lm",
+        "data": {"corpus": "austen", "seq_len": 8, "batch_size": 4, "eval_batch_size": 3, "noise": [0.3],
+                 "data_dir": str(corpus_dir)},
+        "model": {"embedding_size": 8, "dropout": 0.1, "tie_weights": True, "core": {"kind": "brims", **TINY}},
+        "train": {"epochs": 1, "max_steps": 12, "lr": 0.01, "checkpoint_every": 4, "validate_every": 6,
+                  "accelerator": "cpu", "devices": 1, "threads": 1},
+    }
+    (folder / "lm.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(folder / "lm.yaml"), "--run-dir", str(folder / "run"), "--no-progress"]) == 0
+    return folder / "run"
+
+
+def test_lm_run_scores_every_token(finished_lm_run, corpus_dir):
+    metrics = json.loads((finished_lm_run / "metrics.json").read_text())
+    assert metrics["task"] == "lm" and metrics["level"] == "word" and metrics["global_step"] == 12
+    test_ids = torch.load(corpus_dir / "austen" / "test.pt", weights_only=True)
+    steps = test_ids.numel() // 3
+    assert metrics["test"]["tokens"] == (steps - 1) * 3  # every target of the 3 eval streams
+    for result in [metrics["valid"], metrics["test"], metrics["noise"]["0.3"]]:
+        assert result["ppl"] == pytest.approx(torch.tensor(result["loss"]).exp().item())
+    for name in ("learning_curves.png", "module_activity.png", "test_by_noise.png", "checkpoints/last.ckpt"):
+        assert (finished_lm_run / name).is_file()
+
+
+def test_generate_prints_sampled_words(finished_lm_run, capsys):
+    assert main(["generate", str(finished_lm_run), "--prompt", "the cat", "--length", "15", "--seed", "1"]) == 0
+    text = capsys.readouterr().out.strip()
+    assert text.startswith("the cat ") and len(text.split()) >= 10
+    assert set(text.replace(".", " ").split()) <= set(WORDS) | {"<unk>"}
+
+
+def test_a_changed_vocabulary_is_refused(finished_lm_run, corpus_dir, tmp_path):
+    other = tmp_path / "other"
+    prepare_corpus("austen", [["zebra quagga okapi gnu eland ibex yak emu .", ""] * 40] * 3, other)
+    config = load_config(finished_lm_run / "config.yaml", [f"data.data_dir={other}"])
+    assert config.data.data_dir == str(other)
+    checkpoint = finished_lm_run / "checkpoints" / "best.ckpt"
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["brims"]["config"]["data"]["data_dir"] = str(other)
+    moved = tmp_path / "moved.ckpt"
+    torch.save(payload, moved)
+    with pytest.raises(VocabularyMismatchError, match="vocabulary"):
+        load_trained(moved)
