@@ -182,8 +182,10 @@ def test_every_packaged_preset_loads():
             assert config.data.train_resolution not in config.data.test_resolutions
         elif config.task == "copying":
             assert config.data.train_gap not in config.data.test_gaps
+        elif config.task == "adding":
+            assert config.data.train_length not in config.data.test_lengths
         else:
-            assert config.task == "adding" and config.data.train_length not in config.data.test_lengths
+            assert config.task == "lm" and config.data.corpus in ("austen", "shakespeare", "gcide")
 
 
 def test_unknown_preset_lists_the_presets():
