@@ -112,7 +112,50 @@ class SeqImageTask(Task):
 VALIDATION_SEED, TEST_SEED = 1_000_000_007, 2_000_000_011
 
 
-class CopyingTask(Task):
+class GeneratedTask(Task):
+    """Data drawn on the fly at a condition (the copying gap, the adding length): fresh
+    training sequences at the training condition, fixed seeded test sets at every test one."""
+
+    condition = ""  # its name in metrics.json
+
+    def draw(self, condition: int, count: int, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    def train_condition(self) -> int:
+        raise NotImplementedError
+
+    def test_conditions(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def reference(self) -> dict[str, float]:
+        """What a model that learned nothing scores, stored next to the results."""
+        raise NotImplementedError
+
+    def datamodule(self) -> L.LightningDataModule:
+        condition = self.train_condition()
+        return GeneratedDataModule(self.config.data, self.config.train.seed,
+                                   lambda count, generator: self.draw(condition, count, generator))
+
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        data = self.config.data
+        results = {}
+        for condition in self.test_conditions():
+            generator = torch.Generator().manual_seed(TEST_SEED + condition)
+            inputs, targets = self.draw(condition, data.test_sequences, generator)
+            scores = _evaluate_in_batches(model, self, inputs, targets, data.eval_batch_size, device,
+                                          f"test {self.condition} {condition}", progress)
+            results[str(condition)] = {**scores, "steps": inputs.shape[1]}
+        return {self.condition: results, **self.reference()}
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        condition = self.train_condition()
+        inputs, _ = self.draw(condition, 1, torch.Generator().manual_seed(TEST_SEED))
+        return inputs, f"a test sequence at {self.condition} {condition}"
+
+
+class CopyingTask(GeneratedTask):
+    condition = "gap"
+
     def _task(self, gap: int) -> CopyingTaskConfig:
         data = self.config.data
         return CopyingTaskConfig(gap=gap, copy_length=data.copy_length, num_classes=data.num_classes)
@@ -122,84 +165,59 @@ class CopyingTask(Task):
         model = self.config.model
         return SequenceModel(model.core, vocab, model.embedding_size, vocab, every_step=True)
 
-    def draw(self, gap: int, count: int, generator: torch.Generator) -> Batch:
-        """``count`` sequences: inputs ``(N, T, V)`` one-hot, targets ``(N, T)``."""
-        batch = make_copying_batch(self._task(gap), count, generator)
+    def draw(self, condition: int, count: int, generator: torch.Generator) -> Batch:
+        """``count`` sequences at gap ``condition``: inputs ``(N, T, V)`` one-hot, targets ``(N, T)``."""
+        batch = make_copying_batch(self._task(condition), count, generator)
         return batch.inputs.transpose(0, 1).contiguous(), batch.targets.transpose(0, 1).contiguous()
+
+    def train_condition(self) -> int:
+        return self.config.data.train_gap
+
+    def test_conditions(self) -> tuple[int, ...]:
+        return self.config.data.all_test_gaps
+
+    def reference(self) -> dict[str, float]:
+        return {"chance_copy_ce": math.log(self.config.data.num_classes)}
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets = batch
         logits = model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), self._copy_metrics(logits, targets)
-
-    def _copy_metrics(self, logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
         length = self.config.data.copy_length  # the symbols to reproduce are the last steps
         copy_logits, copy_targets = logits[:, -length:], targets[:, -length:]  # (B, L, V), (B, L)
         correct = copy_logits.argmax(-1) == copy_targets  # (B, L)
-        return {
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), {
             "copy_ce": F.cross_entropy(copy_logits.flatten(0, 1), copy_targets.flatten()),
             "symbol_acc": correct.float().mean(),
             "sequence_acc": correct.all(1).float().mean(),
         }
 
-    def datamodule(self) -> L.LightningDataModule:
-        gap = self.config.data.train_gap
-        return GeneratedDataModule(self.config.data, self.config.train.seed,
-                                   lambda count, generator: self.draw(gap, count, generator))
 
-    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
-        data = self.config.data
-        results = {}
-        for gap in data.all_test_gaps:
-            generator = torch.Generator().manual_seed(TEST_SEED + gap)
-            inputs, targets = self.draw(gap, data.test_sequences, generator)
-            sums = _evaluate_in_batches(model, self, inputs, targets, data.eval_batch_size, device,
-                                        f"test gap {gap}", progress)
-            results[str(gap)] = {**sums, "steps": inputs.shape[1]}
-        chance = math.log(data.num_classes)
-        return {"gap": results, "chance_copy_ce": chance}
+class AddingTask(GeneratedTask):
+    condition = "length"
 
-    def activity_input(self) -> tuple[Tensor, str]:
-        gap = self.config.data.train_gap
-        inputs, _ = self.draw(gap, 1, torch.Generator().manual_seed(TEST_SEED))
-        return inputs, f"a test sequence at gap {gap}"
-
-
-class AddingTask(Task):
     def build_model(self) -> nn.Module:
         model = self.config.model
         return SequenceModel(model.core, FEATURES, model.embedding_size, 1, every_step=False)
 
-    def draw(self, length: int, count: int, generator: torch.Generator) -> Batch:
-        """``count`` sequences: inputs ``(N, T, 2)``, targets ``(N,)``."""
-        batch = make_adding_batch(AddingTaskConfig(length), count, generator)
+    def draw(self, condition: int, count: int, generator: torch.Generator) -> Batch:
+        """``count`` sequences of length ``condition``: inputs ``(N, T, 2)``, targets ``(N,)``."""
+        batch = make_adding_batch(AddingTaskConfig(condition), count, generator)
         return batch.inputs.transpose(0, 1).contiguous(), batch.targets
+
+    def train_condition(self) -> int:
+        return self.config.data.train_length
+
+    def test_conditions(self) -> tuple[int, ...]:
+        return self.config.data.all_test_lengths
+
+    def reference(self) -> dict[str, float]:
+        return {"trivial_mse": TRIVIAL_MSE}
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets = batch
         prediction = model(inputs).squeeze(-1)  # (B,)
         loss = F.mse_loss(prediction, targets)
         return loss, {"mse": loss.detach()}
-
-    def datamodule(self) -> L.LightningDataModule:
-        length = self.config.data.train_length
-        return GeneratedDataModule(self.config.data, self.config.train.seed,
-                                   lambda count, generator: self.draw(length, count, generator))
-
-    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
-        data = self.config.data
-        results = {}
-        for length in data.all_test_lengths:
-            generator = torch.Generator().manual_seed(TEST_SEED + length)
-            inputs, targets = self.draw(length, data.test_sequences, generator)
-            results[str(length)] = _evaluate_in_batches(model, self, inputs, targets, data.eval_batch_size,
-                                                        device, f"test length {length}", progress)
-        return {"length": results, "trivial_mse": TRIVIAL_MSE}
-
-    def activity_input(self) -> tuple[Tensor, str]:
-        length = self.config.data.train_length
-        inputs, _ = self.draw(length, 1, torch.Generator().manual_seed(TEST_SEED))
-        return inputs, f"a test sequence of length {length}"
 
 
 class LanguageTask(Task):
