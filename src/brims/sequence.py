@@ -54,15 +54,13 @@ def unflatten_weights(flat: Sequence[Tensor | None], num_layers: int) -> Network
     return NetworkWeights(layers, tuple(flat[num_layers * per_layer :]))
 
 
-def _matmul_weight_grad(inputs: list[Tensor], grads: list[Tensor]) -> Tensor:
-    """``Σ_t x_t^T dy_t`` per module from ``x_t (n, B, i)`` and ``dy_t (n, B, o)``: ``(n, i, o)``."""
+def _matmul_weight_grad(inputs: list[Tensor], grads: list[Tensor], bias: bool = False) -> list[Tensor]:
+    """``Σ_t x_t^T dy_t`` per module from ``x_t (n, B, i)`` and ``dy_t (n, B, o)``: ``(n, i, o)``;
+    with ``bias`` also ``Σ_t Σ_b dy_t`` ``(n, o)``."""
     x = torch.stack(inputs, dim=1).flatten(1, 2)  # (n, T*B, i)
     dy = torch.stack(grads, dim=1).flatten(1, 2)  # (n, T*B, o)
-    return torch.bmm(x.transpose(1, 2), dy)
-
-
-def _bias_grad(grads: list[Tensor]) -> Tensor:
-    return torch.stack(grads).sum(dim=(0, 2))  # (n, o)
+    weight = torch.bmm(x.transpose(1, 2), dy)
+    return [weight, dy.sum(dim=1)] if bias else [weight]
 
 
 class SequenceFunction(torch.autograd.Function):
@@ -173,22 +171,18 @@ class SequenceFunction(torch.autograd.Function):
             saved = [per_step[t][0][index] for t in range(steps_count)]
             hidden = [g.hidden for g in grads]
             cell_input = [g.cell_input for g in grads]
-            layer_grads = [
-                _matmul_weight_grad(h_prev, hidden),  # hidden_weight (n, m, G + H*D)
-                _bias_grad(hidden).unsqueeze(1),  # hidden_bias (n, 1, G + H*D)
-            ]
+            hidden_weight, hidden_bias = _matmul_weight_grad(h_prev, hidden, bias=True)  # (n, m, G+H*D), (n, G+H*D)
+            layer_grads: list[Tensor | None] = [hidden_weight, hidden_bias.unsqueeze(1)]
             if layer_weights.comm_qkv is None:
                 layer_grads += [None, None, None]
             else:
                 comm_qkv = [g.comm_qkv for g in grads]
                 comm_out = [g.comm_out for g in grads]
-                layer_grads += [
-                    _matmul_weight_grad([s.h_read for s in saved], comm_qkv),  # (n, m, Hc(2Dc + Vc))
-                    _matmul_weight_grad([s.comm.read for s in saved], comm_out),  # (n, Hc*Vc, 2m)
-                    _bias_grad(comm_out),  # (n, 2m)
-                ]
-            layer_grads.append(_matmul_weight_grad([s.attended for s in saved], cell_input))  # (n, A, G)
-            layer_grads.append(None if layer_weights.input_bias is None else _bias_grad(cell_input))
+                layer_grads += _matmul_weight_grad([s.h_read for s in saved], comm_qkv)  # (n, m, Hc(2Dc + Vc))
+                layer_grads += _matmul_weight_grad([s.comm.read for s in saved], comm_out, bias=True)  # (n, HcVc, 2m)
+            has_bias = layer_weights.input_bias is not None
+            input_grads = _matmul_weight_grad([s.attended for s in saved], cell_input, bias=has_bias)  # (n, A, G)
+            layer_grads += input_grads if has_bias else [input_grads[0], None]
             weight_grads.extend(layer_grads)
         for index, projection in enumerate(weights.state_projections):
             if projection is None:
