@@ -8,6 +8,10 @@ MNIST at 14x14 with a 300-feature input) and the same labels. Measured per model
 - forward: the same forward under ``torch.no_grad()`` with the model in **eval** mode;
 - peak memory of one training step, two ways (see ``--help`` epilog and the printed notes).
 
+BRIMs trains through its sequence-level backward by default (``brims.sequence``); the
+"autograd per step" row sets ``cell.sequence_backward = False`` (autograd records every step),
+the path it replaces.
+
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs. The repeats are interleaved
 across models (repeat r of every model before repeat r+1 of any), so that load drift on a
 shared machine hits every model alike; the ratios are the result, absolute times are not
@@ -239,6 +243,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     eager = brims.BRIMs(INPUT_SIZE)
     benches.append(Bench("brims.BRIMs(300), eager", eager, device))
+    per_step = brims.BRIMs(INPUT_SIZE)
+    per_step.load_state_dict(eager.state_dict())
+    per_step.cell.sequence_backward = False
+    benches.append(Bench("brims.BRIMs(300), eager, autograd per step", per_step, device))
     if not args.no_compile:
         compiled = brims.BRIMs(INPUT_SIZE)
         compiled.load_state_dict(eager.state_dict())

@@ -59,8 +59,8 @@ class StepSaved(NamedTuple):
 
 
 class StepGrads(NamedTuple):
-    """Gradients of one step's matmul outputs; the weight gradients are their products with the
-    matmul inputs, summed over all steps at once (one large matmul instead of T small ones)."""
+    """Gradients ``dy_t`` of one step's matmul outputs; the caller adds the weight gradients
+    ``x_t^T dy_t`` (see ``brims.sequence``)."""
 
     hidden: Tensor  # (n, B, G + H*D), input h_{t-1}
     cell_input: Tensor  # (n, B, G), input attended
