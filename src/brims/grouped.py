@@ -166,7 +166,8 @@ def gru_backward(
     reset_update, candidate, hidden_new = saved
     reset, update = reset_update.split(h.shape[-1], dim=-1)
     d_new = dh_new * (1 - update) * (1 - candidate * candidate)  # d of the candidate's pre-activation
-    d_reset_update = torch.cat([d_new * hidden_new, dh_new * (h - candidate)], dim=-1) * reset_update * (1 - reset_update)
+    d_sigmoid = torch.cat([d_new * hidden_new, dh_new * (h - candidate)], dim=-1)  # (n, B, 2m), d of σ([r, z])
+    d_reset_update = d_sigmoid * reset_update * (1 - reset_update)
     return (
         torch.cat([d_reset_update, d_new], dim=-1),  # (n, B, 3m)
         torch.cat([d_reset_update, d_new * reset], dim=-1),  # (n, B, 3m)

@@ -413,6 +413,7 @@ class BRIMsCell(nn.Module):
             return False
         if x.dtype not in SUPPORTED_DTYPES or torch.compiler.is_compiling():
             return False
+        # torch has no public query for these two; an autograd.Function without jvp/vmap rules fails under them.
         if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
             return False
         tensors = [x, *h, *c, *(t for t in top_down if t is not None), *flatten_weights(weights)]

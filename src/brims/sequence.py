@@ -50,7 +50,7 @@ def flatten_weights(weights: NetworkWeights) -> list[Tensor | None]:
 
 
 def unflatten_weights(flat: Sequence[Tensor | None], num_layers: int) -> NetworkWeights:
-    from brims.network import NetworkWeights
+    from brims.network import NetworkWeights  # brims.network imports this module
 
     per_layer = _WEIGHTS_PER_LAYER
     layers = tuple(LayerWeights(*flat[i * per_layer : (i + 1) * per_layer]) for i in range(num_layers))
@@ -196,7 +196,7 @@ def _recompute_grads(
     ctx: Any, x_slots: Tensor, flat: list[Tensor | None], grad_outputs: tuple[Tensor, ...]
 ) -> list[Tensor | None]:
     """Double backward: re-run the forward under autograd and differentiate it with ``create_graph``."""
-    from brims.network import run_steps
+    from brims.network import run_steps  # brims.network imports this module
 
     cell: BRIMsCell = ctx.cell
     num_layers = len(cell.layers)
