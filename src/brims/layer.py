@@ -12,6 +12,9 @@ Step of layer l (design.md §2):
   4. each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``;
   5. active modules add the gated communication read;
   6. active modules take the new state, inactive ones keep theirs bit for bit.
+
+``BRIMsLayer.step_backward`` is the hand-written gradient of ``step`` that ``brims.sequence``
+runs in place of autograd; ``step`` returns what it needs (``StepSaved``).
 """
 
 from __future__ import annotations
