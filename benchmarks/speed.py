@@ -8,6 +8,10 @@ MNIST at 14x14 with a 300-feature input) and the same labels. Measured per model
 - forward: the same forward under ``torch.no_grad()`` with the model in **eval** mode;
 - peak memory of one training step, two ways (see ``--help`` epilog and the printed notes).
 
+BRIMs trains through its sequence-level backward by default (``brims.sequence``); the
+"autograd per step" rows set ``cell.sequence_backward = False`` (autograd records every step),
+the path it replaces.
+
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs. The repeats are interleaved
 across models (repeat r of every model before repeat r+1 of any), so that load drift on a
 shared machine hits every model alike; the ratios are the result, absolute times are not
@@ -56,7 +60,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per model and mode first (default: 2)")
     parser.add_argument(
-        "--no-compile", action="store_true", help="skip the BRIMs(300).compile_step() row (compiling takes minutes)"
+        "--no-compile", action="store_true", help="skip the BRIMs(300).compile_step() rows (compiling takes minutes)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, input and labels (default: 0)")
     args = parser.parse_args()
@@ -239,10 +243,19 @@ def main() -> None:
     torch.manual_seed(args.seed)
     eager = brims.BRIMs(INPUT_SIZE)
     benches.append(Bench("brims.BRIMs(300), eager", eager, device))
+    per_step = brims.BRIMs(INPUT_SIZE)
+    per_step.load_state_dict(eager.state_dict())
+    per_step.cell.sequence_backward = False
+    benches.append(Bench("brims.BRIMs(300), eager, autograd per step", per_step, device))
     if not args.no_compile:
         compiled = brims.BRIMs(INPUT_SIZE)
         compiled.load_state_dict(eager.state_dict())
         benches.append(Bench("brims.BRIMs(300).compile_step()", compiled.compile_step(), device))
+        compiled_per_step = brims.BRIMs(INPUT_SIZE)
+        compiled_per_step.load_state_dict(eager.state_dict())
+        compiled_per_step.cell.sequence_backward = False
+        name = "brims.BRIMs(300).compile_step(), autograd per step"
+        benches.append(Bench(name, compiled_per_step.compile_step(), device))
     torch.manual_seed(args.seed)
     benches.append(Bench("dense-masked reference (released design)", DenseMaskedBRIMs(INPUT_SIZE), device))
 

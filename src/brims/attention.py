@@ -12,6 +12,7 @@ function of plain tensors.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +63,7 @@ class InputAttention(nn.Module):
 
 def attend_slots(
     queries: Tensor, slots: Tensor, key_width: int, dropout_mask: Tensor | None
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Input attention for one step.
 
     Args:
@@ -72,15 +73,13 @@ def attend_slots(
         dropout_mask: ``(n, B, H, S)`` scaled keep-mask, or None.
 
     Returns:
-        attended input ``(n, B, A)`` and head-averaged attention ``(n, B, 1 + S)`` with the
-        null slot first.
+        attended input ``(n, B, A)``, head-averaged attention ``(n, B, 1 + S)`` with the
+        null slot first, and the per-head probabilities ``(n, B, H, 1 + S)``.
     """
     n, batch, heads, _ = queries.shape
-    num_slots = slots.shape[1]
+    keys, values = _keys_values(slots, key_width, heads)  # (B, H, S, D), (B, H, S, V)
     # Slots are few (1-2), so products and sums over them beat batched matmuls of tiny matrices
     # (and fuse into one kernel each under torch.compile).
-    keys = slots[..., :key_width].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, D)
-    values = slots[..., key_width:].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, V)
     logits = (queries.unsqueeze(3) * keys).sum(dim=-1)  # (n, B, H, S)
     probs = F.pad(logits, (1, 0)).softmax(dim=-1)  # (n, B, H, 1 + S), null logit = 0
     attention = probs.mean(dim=2)  # (n, B, 1 + S)
@@ -88,7 +87,48 @@ def attend_slots(
     if dropout_mask is not None:
         weights = weights * dropout_mask
     attended = (weights.unsqueeze(-1) * values).sum(dim=3)  # (n, B, H, V)
-    return attended.reshape(n, batch, -1), attention  # (n, B, A)
+    return attended.reshape(n, batch, -1), attention, probs  # (n, B, A)
+
+
+def _keys_values(slots: Tensor, key_width: int, heads: int) -> tuple[Tensor, Tensor]:
+    batch, num_slots, _ = slots.shape
+    keys = slots[..., :key_width].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, D)
+    values = slots[..., key_width:].view(batch, num_slots, heads, -1).transpose(1, 2)  # (B, H, S, V)
+    return keys, values
+
+
+def attend_slots_backward(
+    d_attended: Tensor,
+    d_attention: Tensor | None,
+    queries: Tensor,
+    slots: Tensor,
+    probs: Tensor,
+    key_width: int,
+    dropout_mask: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`attend_slots` w.r.t. ``queries (n, B, H, D)`` and ``slots (B, S, P)``.
+
+    ``d_attended`` is ``(n, B, A)``; ``d_attention`` ``(n, B, 1 + S)`` or None. Softmax:
+    ``dℓ = p ⊙ (dp - Σ_s p_s dp_s)``.
+    """
+    n, batch, heads, _ = queries.shape
+    keys, values = _keys_values(slots, key_width, heads)  # (B, H, S, D), (B, H, S, V)
+    d_attended = d_attended.view(n, batch, heads, -1)  # (n, B, H, V)
+    weights = probs[..., 1:]
+    if dropout_mask is not None:
+        weights = weights * dropout_mask
+    d_values = (weights.unsqueeze(-1) * d_attended.unsqueeze(3)).sum(dim=0)  # (B, H, S, V)
+    d_weights = (d_attended.unsqueeze(3) * values).sum(dim=-1)  # (n, B, H, S)
+    if dropout_mask is not None:
+        d_weights = d_weights * dropout_mask
+    d_probs = F.pad(d_weights, (1, 0))  # (n, B, H, 1 + S): the null slot's probability reaches no value
+    if d_attention is not None:
+        d_probs = d_probs + d_attention.unsqueeze(2) / heads
+    d_logits = (probs * (d_probs - (probs * d_probs).sum(dim=-1, keepdim=True)))[..., 1:]  # (n, B, H, S)
+    d_queries = (d_logits.unsqueeze(-1) * keys).sum(dim=3)  # (n, B, H, D)
+    d_keys = (d_logits.unsqueeze(-1) * queries.unsqueeze(3)).sum(dim=0)  # (B, H, S, D)
+    d_slots = torch.cat([d_keys.transpose(1, 2).flatten(2), d_values.transpose(1, 2).flatten(2)], dim=-1)  # (B, S, P)
+    return d_queries, d_slots
 
 
 class Communication(nn.Module):
@@ -119,6 +159,16 @@ class Communication(nn.Module):
         return torch.cat([queries, per_head[..., self.key_size :]], dim=-1).view(n, m, -1)
 
 
+class CommSaved(NamedTuple):
+    """What :func:`communicate_backward` needs from the forward of one step."""
+
+    qkv: Tensor  # (n, B, Hc, 2Dc + Vc)
+    probs: Tensor  # (n_i, n_j, B, Hc), before dropout
+    read: Tensor  # (n, B, Hc*Vc)
+    gate: Tensor  # (n, B, m), σ(g)
+    update: Tensor  # (n, B, m), tanh(u)
+
+
 def communicate(
     h: Tensor,
     qkv_weight: Tensor,
@@ -127,7 +177,7 @@ def communicate(
     heads: int,
     key_size: int,
     dropout_mask: Tensor | None,
-) -> Tensor:
+) -> tuple[Tensor, CommSaved]:
     """Gated communication update ``(n, B, m)`` for every module (the caller keeps the active ones).
 
     ``h`` is ``(n, B, m)``; ``dropout_mask`` is ``(n, n, B, H)`` (reader, read) or None.
@@ -137,8 +187,37 @@ def communicate(
     queries, keys, values = qkv.split([key_size, key_size, qkv.shape[-1] - 2 * key_size], dim=-1)
     # n is small: broadcast products beat batched matmuls of n x n matrices (and fuse when compiled).
     probs = (queries.unsqueeze(1) * keys).sum(dim=-1).softmax(dim=1)  # (n_i, n_j, B, H)
-    if dropout_mask is not None:
-        probs = probs * dropout_mask
-    read = (probs.unsqueeze(-1) * values).sum(dim=1).view(n, batch, -1)  # (n, B, H*V)
+    weights = probs if dropout_mask is None else probs * dropout_mask
+    read = (weights.unsqueeze(-1) * values).sum(dim=1).view(n, batch, -1)  # (n, B, H*V)
     update, gate = torch.baddbmm(out_bias.unsqueeze(1), read, out_weight).chunk(2, dim=-1)  # (n, B, m) x2
-    return gate.sigmoid() * update.tanh()
+    gate, update = gate.sigmoid(), update.tanh()
+    return gate * update, CommSaved(qkv, probs, read, gate, update)
+
+
+def communicate_backward(
+    d_out: Tensor, saved: CommSaved, qkv_weight: Tensor, out_weight: Tensor, key_size: int, dropout_mask: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`communicate` from ``d_out (n, B, m)``.
+
+    Returns ``d h (n, B, m)`` and the gradients of the two matmul outputs, ``d qkv (n, B, Hc(2Dc+Vc))``
+    and ``d [u, g] (n, B, 2m)``, from which the caller forms the weight gradients.
+    """
+    n, batch, heads, _ = saved.qkv.shape
+    queries, keys, values = saved.qkv.split([key_size, key_size, saved.qkv.shape[-1] - 2 * key_size], dim=-1)
+    d_pre = torch.cat(
+        [d_out * saved.gate * (1 - saved.update * saved.update), d_out * saved.update * saved.gate * (1 - saved.gate)],
+        dim=-1,
+    )  # (n, B, 2m)
+    d_read = torch.bmm(d_pre, out_weight.transpose(1, 2)).view(n, batch, heads, -1)  # (n, B, H, V)
+    weights = saved.probs if dropout_mask is None else saved.probs * dropout_mask
+    d_values = (weights.unsqueeze(-1) * d_read.unsqueeze(1)).sum(dim=0)  # (n_j, B, H, V)
+    d_probs = (d_read.unsqueeze(1) * values).sum(dim=-1)  # (n_i, n_j, B, H)
+    if dropout_mask is not None:
+        d_probs = d_probs * dropout_mask
+    probs = saved.probs
+    d_logits = probs * (d_probs - (probs * d_probs).sum(dim=1, keepdim=True))  # (n_i, n_j, B, H)
+    d_queries = (d_logits.unsqueeze(-1) * keys).sum(dim=1)  # (n_i, B, H, D)
+    d_keys = (d_logits.unsqueeze(-1) * queries.unsqueeze(1)).sum(dim=0)  # (n_j, B, H, D)
+    d_qkv = torch.cat([d_queries, d_keys, d_values], dim=-1).view(n, batch, -1)  # (n, B, H(2D + V))
+    d_h = torch.bmm(d_qkv, qkv_weight.transpose(1, 2))  # (n, B, m)
+    return d_h, d_qkv, d_pre

@@ -66,12 +66,7 @@ class GroupedLSTMCell(nn.Module):
 
     def finish(self, x: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """New ``(h, c)`` from the input ``x (n, B, I)`` and ``hidden_gates = h W_hh + b``."""
-        m = self.hidden_size
-        gates = torch.baddbmm(hidden_gates, x, self.weight_ih)  # (n, B, 4m)
-        sig = gates[..., : 3 * m].sigmoid()
-        input_gate, forget_gate, output_gate = sig.split(m, dim=-1)
-        c_new = forget_gate * c + input_gate * gates[..., 3 * m :].tanh()
-        h_new = output_gate * c_new.tanh()
+        h_new, c_new, _ = lstm_finish(x, hidden_gates, c, self.weight_ih)
         return h_new, c_new
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:  # (n, B, I), (n, B, m) x2
@@ -108,17 +103,76 @@ class GroupedGRUCell(nn.Module):
 
     def finish(self, x: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """New ``(h, h)`` from ``x (n, B, I)`` and ``hidden_gates = h W_hh + [0, 0, b_hn]``."""
-        m = self.hidden_size
-        input_gates = torch.baddbmm(self.bias_ih.unsqueeze(1), x, self.weight_ih)  # (n, B, 3m)
-        reset_update = (input_gates[..., : 2 * m] + hidden_gates[..., : 2 * m]).sigmoid()
-        reset, update = reset_update.split(m, dim=-1)
-        candidate = (input_gates[..., 2 * m :] + reset * hidden_gates[..., 2 * m :]).tanh()
-        h_new = candidate + update * (h - candidate)
+        h_new, _ = gru_finish(x, hidden_gates, h, self.weight_ih, self.bias_ih)
         return h_new, h_new
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         hidden_gates = torch.baddbmm(self.hidden_bias().unsqueeze(1), h, self.weight_hh)
         return self.finish(x, hidden_gates, h)
+
+
+def lstm_finish(
+    x: Tensor, hidden_gates: Tensor, c: Tensor, weight_ih: Tensor
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """LSTM update from ``x (n, B, I)``, ``hidden_gates = h W_hh + b (n, B, G)`` and ``c (n, B, m)``.
+
+    Also returns what :func:`lstm_backward` needs: ``(σ([i, f, o]), tanh(g), tanh(c'))``.
+    """
+    m = c.shape[-1]
+    gates = torch.baddbmm(hidden_gates, x, weight_ih)  # (n, B, 4m)
+    sig = gates[..., : 3 * m].sigmoid()  # (n, B, 3m)
+    input_gate, forget_gate, output_gate = sig.split(m, dim=-1)
+    tanh_g = gates[..., 3 * m :].tanh()
+    c_new = forget_gate * c + input_gate * tanh_g
+    tanh_c = c_new.tanh()
+    return output_gate * tanh_c, c_new, (sig, tanh_g, tanh_c)
+
+
+def lstm_backward(
+    saved: tuple[Tensor, Tensor, Tensor], c: Tensor, dh_new: Tensor, dc_new: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`lstm_finish`: ``d gates (n, B, 4m)`` (of both ``x W_ih`` and
+    ``hidden_gates``) and ``d c (n, B, m)``, from ``d h'`` and ``d c'``."""
+    sig, tanh_g, tanh_c = saved
+    input_gate, forget_gate, output_gate = sig.split(c.shape[-1], dim=-1)
+    dc_total = dc_new + dh_new * output_gate * (1 - tanh_c * tanh_c)
+    d_sig = torch.cat([dc_total * tanh_g, dc_total * c, dh_new * tanh_c], dim=-1) * sig * (1 - sig)  # (n, B, 3m)
+    d_g = dc_total * input_gate * (1 - tanh_g * tanh_g)
+    return torch.cat([d_sig, d_g], dim=-1), dc_total * forget_gate  # (n, B, 4m), (n, B, m)
+
+
+def gru_finish(
+    x: Tensor, hidden_gates: Tensor, h: Tensor, weight_ih: Tensor, bias_ih: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """GRU update from ``x (n, B, I)``, ``hidden_gates = h W_hh + [0, 0, b_hn] (n, B, G)`` and ``h``.
+
+    Also returns what :func:`gru_backward` needs: ``(σ([r, z]), candidate, h W_hn + b_hn)``.
+    """
+    m = h.shape[-1]
+    input_gates = torch.baddbmm(bias_ih.unsqueeze(1), x, weight_ih)  # (n, B, 3m)
+    reset_update = (input_gates[..., : 2 * m] + hidden_gates[..., : 2 * m]).sigmoid()  # (n, B, 2m)
+    reset, update = reset_update.split(m, dim=-1)
+    hidden_new = hidden_gates[..., 2 * m :]
+    candidate = (input_gates[..., 2 * m :] + reset * hidden_new).tanh()
+    h_new = candidate + update * (h - candidate)
+    return h_new, (reset_update, candidate, hidden_new)
+
+
+def gru_backward(
+    saved: tuple[Tensor, Tensor, Tensor], h: Tensor, dh_new: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`gru_finish`: ``d input_gates``, ``d hidden_gates`` (both ``(n, B, 3m)``)
+    and the direct part of ``d h`` (through ``z ⊙ h``)."""
+    reset_update, candidate, hidden_new = saved
+    reset, update = reset_update.split(h.shape[-1], dim=-1)
+    d_new = dh_new * (1 - update) * (1 - candidate * candidate)  # d of the candidate's pre-activation
+    d_sigmoid = torch.cat([d_new * hidden_new, dh_new * (h - candidate)], dim=-1)  # (n, B, 2m), d of σ([r, z])
+    d_reset_update = d_sigmoid * reset_update * (1 - reset_update)
+    return (
+        torch.cat([d_reset_update, d_new], dim=-1),  # (n, B, 3m)
+        torch.cat([d_reset_update, d_new * reset], dim=-1),  # (n, B, 3m)
+        dh_new * update,
+    )
 
 
 def make_cell(cell: str, num_modules: int, input_size: int, hidden_size: int) -> GroupedLSTMCell | GroupedGRUCell:

@@ -12,6 +12,9 @@ Step of layer l (design.md §2):
   4. each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``;
   5. active modules add the gated communication read;
   6. active modules take the new state, inactive ones keep theirs bit for bit.
+
+``BRIMsLayer.step_backward`` is the hand-written gradient of ``step`` that ``brims.sequence``
+runs in place of autograd; ``step`` returns what it needs (``StepSaved``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,17 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from brims.attention import Communication, InputAttention, attend_slots, communicate
+from brims.attention import (
+    CommSaved,
+    Communication,
+    InputAttention,
+    attend_slots,
+    attend_slots_backward,
+    communicate,
+    communicate_backward,
+)
 from brims.config import BRIMsConfig
-from brims.grouped import make_cell
+from brims.grouped import gru_backward, gru_finish, lstm_backward, lstm_finish, make_cell
 
 
 class LayerWeights(NamedTuple):
@@ -34,6 +45,30 @@ class LayerWeights(NamedTuple):
     comm_qkv: Tensor | None  # (n, m, Hc*(2Dc + Vc))
     comm_out_weight: Tensor | None  # (n, Hc*Vc, 2m)
     comm_out_bias: Tensor | None  # (n, 2m)
+    input_weight: Tensor  # (n, A, G): the cell's W_ih
+    input_bias: Tensor | None  # (n, G): GRU's b_ih (an LSTM's bias is in hidden_bias)
+
+
+class StepSaved(NamedTuple):
+    """What :meth:`BRIMsLayer.step_backward` needs from the forward of one step."""
+
+    hidden: Tensor  # (n, B, G + H*D): [h W_hh + b | q]
+    probs: Tensor  # (n, B, H, 1 + S)
+    attended: Tensor  # (n, B, A)
+    active: Tensor  # (n, B) bool
+    cell: tuple[Tensor, Tensor, Tensor]  # see lstm_finish / gru_finish
+    h_read: Tensor | None  # (n, B, m): what communication read
+    comm: CommSaved | None
+
+
+class StepGrads(NamedTuple):
+    """Gradients ``dy_t`` of one step's matmul outputs; the caller adds the weight gradients
+    ``x_t^T dy_t`` (see ``brims.sequence``)."""
+
+    hidden: Tensor  # (n, B, G + H*D), input h_{t-1}
+    cell_input: Tensor  # (n, B, G), input attended
+    comm_qkv: Tensor | None  # (n, B, Hc(2Dc+Vc)), input h_read
+    comm_out: Tensor | None  # (n, B, 2m), input read
 
 
 def select_top_k(null_score: Tensor, k: int) -> Tensor:
@@ -87,10 +122,14 @@ class BRIMsLayer(nn.Module):
         hidden_weight = torch.cat([self.cell.weight_hh, attention.scaled_query_weight()], dim=-1)
         query_bias = self.cell.weight_hh.new_zeros(self.num_modules, attention.heads * attention.key_size)
         hidden_bias = torch.cat([self.cell.hidden_bias(), query_bias], dim=-1).unsqueeze(1)
+        input_bias = self.cell.bias_ih if self.is_gru else None
+        folded = (hidden_weight, hidden_bias)
         if self.communication is None:
-            return LayerWeights(hidden_weight, hidden_bias, None, None, None)
+            return LayerWeights(*folded, None, None, None, self.cell.weight_ih, input_bias)
         comm = self.communication
-        return LayerWeights(hidden_weight, hidden_bias, comm.scaled_qkv_weight(), comm.out.weight, comm.out.bias)
+        return LayerWeights(
+            *folded, comm.scaled_qkv_weight(), comm.out.weight, comm.out.bias, self.cell.weight_ih, input_bias
+        )
 
     def step(
         self,
@@ -100,7 +139,7 @@ class BRIMsLayer(nn.Module):
         slots: Tensor,
         input_dropout: Tensor | None,
         comm_dropout: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, StepSaved]:
         """Advance one step.
 
         Args:
@@ -109,8 +148,9 @@ class BRIMsLayer(nn.Module):
             input_dropout: ``(n, B, H, S)`` or None; comm_dropout: ``(n, n, B, Hc)`` or None.
 
         Returns:
-            new ``h``, new ``c`` (both ``(n, B, m)``), active ``(n, B)`` bool and head-averaged
-            input attention ``(n, B, 1 + S)``.
+            new ``h``, new ``c`` (both ``(n, B, m)``), active ``(n, B)`` bool, head-averaged
+            input attention ``(n, B, 1 + S)``, and what :meth:`step_backward` needs (callers that
+            differentiate with autograd drop it).
         """
         attention = self.input_attention
         n, batch, _ = h.shape
@@ -118,13 +158,18 @@ class BRIMsLayer(nn.Module):
         hidden = torch.baddbmm(weights.hidden_bias, h, weights.hidden_weight)  # (n, B, G + H*D)
         hidden_gates, queries = hidden.split([hidden.shape[-1] - key_width, key_width], dim=-1)
         queries = queries.view(n, batch, attention.heads, attention.key_size)  # (n, B, H, D)
-        attended, input_attention = attend_slots(queries, slots, key_width, input_dropout)  # (n, B, A)
+        attended, input_attention, probs = attend_slots(queries, slots, key_width, input_dropout)  # (n, B, A)
         active = select_top_k(input_attention[..., 0], self.top_k)  # (n, B)
         keep = active.unsqueeze(-1)  # (n, B, 1)
-        h_proposed, c_proposed = self.cell.finish(attended, hidden_gates, h, c)  # (n, B, m) x2
+        if self.is_gru:
+            h_proposed, cell_saved = gru_finish(attended, hidden_gates, h, weights.input_weight, weights.input_bias)
+            c_proposed = h_proposed
+        else:
+            h_proposed, c_proposed, cell_saved = lstm_finish(attended, hidden_gates, c, weights.input_weight)
+        h_read, comm_saved = None, None
         if self.communication is not None:
             h_read = torch.where(keep, h_proposed, h)  # h̃: inactive modules still hold h_{t-1}
-            h_proposed = h_proposed + communicate(
+            update, comm_saved = communicate(
                 h_read,
                 weights.comm_qkv,
                 weights.comm_out_weight,
@@ -133,6 +178,64 @@ class BRIMsLayer(nn.Module):
                 self.communication.key_size,
                 comm_dropout,
             )
+            h_proposed = h_proposed + update
         h_new = torch.where(keep, h_proposed, h)
         c_new = h_new if self.is_gru else torch.where(keep, c_proposed, c)
-        return h_new, c_new, active, input_attention
+        saved = StepSaved(hidden, probs, attended, active, cell_saved, h_read, comm_saved)
+        return h_new, c_new, active, input_attention, saved
+
+    def step_backward(
+        self,
+        weights: LayerWeights,
+        saved: StepSaved,
+        h: Tensor,
+        c: Tensor,
+        slots: Tensor,
+        input_dropout: Tensor | None,
+        comm_dropout: Tensor | None,
+        dh_new: Tensor,
+        dc_new: Tensor | None,
+        d_attention: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor, StepGrads]:
+        """Gradients of :meth:`step` (hand-written; the top-k choice carries none).
+
+        ``h, c, slots`` and the masks are the step's inputs; ``dh_new, dc_new (n, B, m)`` and
+        ``d_attention (n, B, 1 + S)`` the gradients of its outputs (GRU: ``dc_new`` is None, all
+        of the state's gradient is in ``dh_new``). Returns ``d h``, ``d c`` (None for GRU),
+        ``d slots (B, S, P)`` and the gradients of the step's matmul outputs.
+        """
+        attention = self.input_attention
+        n, batch, _ = h.shape
+        key_width = attention.heads * attention.key_size
+        keep = saved.active.unsqueeze(-1)  # (n, B, 1)
+        zero = dh_new.new_zeros(())
+        d_proposed = torch.where(keep, dh_new, zero)  # inactive modules pass their gradient straight to h_{t-1}
+        dh = torch.where(keep, zero, dh_new)
+        comm_qkv_grad, comm_out_grad = None, None
+        if self.communication is not None:
+            d_read, comm_qkv_grad, comm_out_grad = communicate_backward(
+                d_proposed,
+                saved.comm,
+                weights.comm_qkv,
+                weights.comm_out_weight,
+                self.communication.key_size,
+                comm_dropout,
+            )
+            d_proposed = d_proposed + torch.where(keep, d_read, zero)
+            dh = dh + torch.where(keep, zero, d_read)
+        if self.is_gru:
+            d_input_gates, d_hidden_gates, dh_direct = gru_backward(saved.cell, h, d_proposed)
+            dh = dh + dh_direct
+            dc = None
+        else:
+            d_gates, dc = lstm_backward(saved.cell, c, d_proposed, torch.where(keep, dc_new, zero))  # (n, B, 4m)
+            dc = dc + torch.where(keep, zero, dc_new)
+            d_input_gates = d_hidden_gates = d_gates
+        d_attended = torch.bmm(d_input_gates, weights.input_weight.transpose(1, 2))  # (n, B, A)
+        queries = saved.hidden[..., -key_width:].view(n, batch, attention.heads, attention.key_size)  # (n, B, H, D)
+        d_queries, d_slots = attend_slots_backward(
+            d_attended, d_attention, queries, slots, saved.probs, key_width, input_dropout
+        )  # (n, B, H, D), (B, S, P)
+        d_hidden = torch.cat([d_hidden_gates, d_queries.flatten(2)], dim=-1)  # (n, B, G + H*D)
+        dh = dh + torch.bmm(d_hidden, weights.hidden_weight.transpose(1, 2))
+        return dh, dc, d_slots, StepGrads(d_hidden, d_input_gates, comm_qkv_grad, comm_out_grad)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from brims.config import BRIMsConfig
-from brims.layer import BRIMsLayer, LayerWeights
+from brims.layer import BRIMsLayer, LayerWeights, StepGrads, StepSaved
+from brims.sequence import SUPPORTED_DTYPES, SequenceFunction, StepFunctions, flatten_weights
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,14 @@ class BRIMsCell(nn.Module):
 
     Built from a :class:`BRIMsConfig` or from the same arguments (``BRIMsCell(input_size,
     hidden_sizes=..., ...)``). ``BRIMs(...).cell`` is the cell holding that network's parameters.
+
+    ``sequence_backward`` (default True): when a gradient is wanted, run the time loop as one
+    :class:`~brims.sequence.SequenceFunction` (hand-written backward, weight gradients batched
+    over time; the same gradients, faster). False makes autograd record every step: the
+    reference the fast path is tested against.
     """
+
+    sequence_backward: bool = True
 
     def __init__(self, input_size: int | BRIMsConfig, **options: Any) -> None:
         super().__init__()
@@ -224,63 +232,192 @@ class BRIMsCell(nn.Module):
             new h, new c, next step's top-down slots, the top layer's output ``(B, hidden_L)``,
             per layer active ``(n_l, B)`` and attention ``(n_l, B, 1 + S_l)``.
         """
-        new_h, new_c, actives, attentions = [], [], [], []
+        return self.advance_saving(weights, bottom_up, h, c, top_down, dropout)[:6]
+
+    def advance_saving(
+        self,
+        weights: NetworkWeights,
+        bottom_up: Tensor,
+        h: Sequence[Tensor],
+        c: Sequence[Tensor],
+        top_down: Sequence[Tensor | None],
+        dropout: StepDropout | None,
+    ) -> tuple[Any, ...]:
+        """:meth:`advance`, also returning what :meth:`backward_step` needs: per layer the
+        :class:`StepSaved`, the slots ``(B, S_l, P_l)`` and the state read by the projection
+        ``(B, hidden_l)`` (None where no projection reads it)."""
+        new_h, new_c, actives, attentions, saved, all_slots = [], [], [], [], [], []
+        dense: list[Tensor | None] = [None] * len(self.layers)
         next_top_down: list[Tensor | None] = [None] * len(self.layers)
         output = bottom_up
         for index, layer in enumerate(self.layers):
             slots = bottom_up.unsqueeze(1) if top_down[index] is None else torch.stack([bottom_up, top_down[index]], 1)
             input_dropout, comm_dropout = (None, None) if dropout is None else dropout[index]
-            h_l, c_l, active, attention = layer.step(
+            h_l, c_l, active, attention, layer_saved = layer.step(
                 weights.layers[index], h[index], c[index], slots, input_dropout, comm_dropout
             )  # (n, B, m) x2, (n, B), (n, B, 1 + S)
             new_h.append(h_l)
             new_c.append(c_l)
             actives.append(active)
             attentions.append(attention)
+            saved.append(layer_saved)
+            all_slots.append(slots)
             projection = weights.state_projections[index]
             if projection is None and index + 1 < len(self.layers):
                 continue
             output = self._to_dense(h_l)  # (B, hidden_l)
             if projection is not None:
+                dense[index] = output
                 # One matmul feeds both readers of this state: the layer above now, the one below next step.
                 bottom_up, to_lower = F.linear(output, projection).split(self._projection_splits[index], dim=-1)
                 if self._projection_splits[index][1]:
                     next_top_down[index - 1] = to_lower
-        return new_h, new_c, next_top_down, output, actives, attentions
+        return new_h, new_c, next_top_down, output, actives, attentions, saved, all_slots, dense
+
+    def backward_step(
+        self,
+        weights: NetworkWeights,
+        saved: Sequence[StepSaved],
+        slots: Sequence[Tensor],
+        dense: Sequence[Tensor | None],
+        h: Sequence[Tensor],
+        c: Sequence[Tensor],
+        dropout: StepDropout | None,
+        d_output: Tensor,
+        dh: Sequence[Tensor],
+        dc: Sequence[Tensor | None],
+        d_top_down: Sequence[Tensor | None],
+        d_attention: Sequence[Tensor] | None,
+    ) -> tuple[Any, ...]:
+        """Gradients of one :meth:`advance_saving` step, layers top to bottom.
+
+        ``saved, slots, dense`` come from that step's forward, ``h, c`` were its input state.
+        ``d_output (B, hidden_L)`` is the gradient of the step's output; ``dh, dc`` (per layer
+        ``(n_l, B, m_l)``; ``dc`` None for GRU) of its new state; ``d_top_down`` (per layer
+        ``(B, P_l)`` or None) of the top-down slots it produced, which the next step read;
+        ``d_attention`` (per layer ``(n_l, B, 1 + S_l)``, or None) of its diagnostics.
+
+        Returns ``dh, dc, d_top_down`` of this step's inputs, ``d bottom_up (B, P_0)``, and per
+        layer the :class:`StepGrads` and the gradient of the state projection's output ``(B, P)``.
+        """
+        num_layers = len(self.layers)
+        new_dh: list[Tensor] = list(dh)
+        new_dc: list[Tensor | None] = list(dc)
+        new_d_top_down: list[Tensor | None] = [None] * num_layers
+        grads: list[StepGrads | None] = [None] * num_layers
+        projection_grads: list[Tensor | None] = [None] * num_layers
+        d_bottom_up = d_output  # of the layer above's bottom-up slot; set by each layer before the one below reads it
+        for index in reversed(range(num_layers)):
+            layer = self.layers[index]
+            d_dense = d_output if index == num_layers - 1 else None
+            projection = weights.state_projections[index]
+            if projection is not None:
+                upper, lower = self._projection_splits[index]
+                parts = ([d_bottom_up] if upper else []) + ([d_top_down[index - 1]] if lower else [])
+                d_projected = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]  # (B, P_{l+1} + P_{l-1})
+                projection_grads[index] = d_projected
+                d_read = d_projected @ projection  # (B, hidden_l)
+                d_dense = d_read if d_dense is None else d_dense + d_read
+            dh_l = dh[index]
+            if d_dense is not None:
+                dh_l = dh_l + d_dense.view(d_dense.shape[0], layer.num_modules, -1).transpose(0, 1)  # (n, B, m)
+            input_dropout, comm_dropout = (None, None) if dropout is None else dropout[index]
+            new_dh[index], new_dc[index], d_slots, grads[index] = layer.step_backward(
+                weights.layers[index],
+                saved[index],
+                h[index],
+                c[index],
+                slots[index],
+                input_dropout,
+                comm_dropout,
+                dh_l,
+                dc[index],
+                None if d_attention is None else d_attention[index],
+            )  # d_slots: (B, S, P)
+            d_bottom_up = d_slots[:, 0]
+            if d_slots.shape[1] == 2:
+                new_d_top_down[index] = d_slots[:, 1]
+        return new_dh, new_dc, new_d_top_down, d_bottom_up, grads, projection_grads
 
     def unroll(
         self,
         x: Tensor,
         state: BRIMsState | None,
         return_diagnostics: bool,
-        step: Callable[..., Any] | None = None,
+        steps: StepFunctions | None = None,
     ) -> tuple[Tensor, BRIMsState, BRIMsDiagnostics | None]:
-        """Run ``x (T, B, F)`` from ``state``; ``step`` replaces :meth:`advance` (e.g. compiled)."""
-        step = self.advance if step is None else step
-        steps, batch, _ = x.shape
+        """Run ``x (T, B, F)`` from ``state``; ``steps`` replaces the step functions (e.g. compiled).
+
+        When a gradient is wanted and :meth:`uses_sequence_backward` allows, the time loop is one
+        :class:`SequenceFunction` node (hand-written backward, time-batched weight gradients);
+        otherwise autograd records every step.
+        """
+        steps = self.step_functions() if steps is None else steps
+        num_steps, batch, _ = x.shape
         state = self.check_state(state, batch, x)
         weights = self.prepare()
         h, c = self._to_modules(state.h), self._to_modules(state.c)
         top_down = self._initial_top_down(state.h)
         x_slots = F.linear(x, self.layers[0].input_attention.bottom_up.weight)  # (T, B, P_0), whole sequence
-        dropout = self._dropout_masks(steps, batch, x)
-        outputs, actives, attentions = [], [], []
-        for t, x_t in enumerate(x_slots.unbind(0)):  # unbind, not x[t]: indexing makes backward O(T^2)
-            h, c, top_down, output, active, attention = step(
-                weights, x_t, h, c, top_down, None if dropout is None else dropout[t]
+        dropout = self._dropout_masks(num_steps, batch, x)
+        if self.uses_sequence_backward(x, weights, h, c, top_down):
+            num_layers, is_gru = len(self.layers), self.config.cell == "gru"
+            results = SequenceFunction.apply(
+                self,
+                steps,
+                dropout,
+                return_diagnostics,
+                x_slots,
+                *h,
+                *([None] * num_layers if is_gru else c),
+                *top_down,
+                *flatten_weights(weights),
             )
-            outputs.append(output)
-            if return_diagnostics:
-                actives.append(active)
-                attentions.append(attention)
+            output, h = results[0], list(results[1 : 1 + num_layers])
+            rest = results[1 + num_layers :]
+            c, rest = (h, rest) if is_gru else (list(rest[:num_layers]), rest[num_layers:])
+            actives, attentions = list(rest[:num_layers]), list(rest[num_layers:])
+        else:
+            output, h, c, actives, attentions = run_steps(
+                steps.advance, weights, x_slots, h, c, top_down, dropout, return_diagnostics
+            )
         final = BRIMsState(tuple(self._to_dense(t) for t in h), tuple(self._to_dense(t) for t in c))
         diagnostics = None
         if return_diagnostics:
             diagnostics = BRIMsDiagnostics(
-                tuple(torch.stack(a).transpose(1, 2) for a in zip(*actives)),  # (T, B, n)
-                tuple(torch.stack(a).transpose(1, 2) for a in zip(*attentions)),  # (T, B, n, 1 + S)
+                tuple(a.transpose(1, 2) for a in actives),  # (T, B, n)
+                tuple(a.transpose(1, 2) for a in attentions),  # (T, B, n, 1 + S)
             )
-        return torch.stack(outputs), final, diagnostics  # (T, B, hidden_L)
+        return output, final, diagnostics
+
+    def step_functions(self) -> StepFunctions:
+        """The plain (uncompiled) step functions."""
+        return StepFunctions(self.advance, self.advance_saving, self.backward_step)
+
+    def uses_sequence_backward(
+        self,
+        x: Tensor,
+        weights: NetworkWeights,
+        h: Sequence[Tensor],
+        c: Sequence[Tensor],
+        top_down: Sequence[Tensor | None],
+    ) -> bool:
+        """Whether :meth:`unroll` runs the time loop as one :class:`SequenceFunction`.
+
+        Only when a gradient is wanted (otherwise there is nothing to save), for float32/64, and
+        outside what a hand-written backward does not serve: tracing by ``torch.compile`` of the
+        whole model, ``torch.func`` transforms, forward-mode AD. Double backward is served (by
+        recomputation, see :mod:`brims.sequence`). ``sequence_backward = False`` turns it off.
+        """
+        if not (self.sequence_backward and torch.is_grad_enabled()):
+            return False
+        if x.dtype not in SUPPORTED_DTYPES or torch.compiler.is_compiling():
+            return False
+        # torch has no public query for these two; an autograd.Function without jvp/vmap rules fails under them.
+        if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+            return False
+        tensors = [x, *h, *c, *(t for t in top_down if t is not None), *flatten_weights(weights)]
+        return any(t is not None and t.requires_grad for t in tensors)
 
     def forward(
         self,
@@ -303,6 +440,36 @@ class BRIMsCell(nn.Module):
         if diagnostics is None:
             return output[0], state
         return output[0], state, BRIMsDiagnostics(*(tuple(t[0] for t in part) for part in diagnostics))
+
+
+def run_steps(
+    step: Callable[..., Any],
+    weights: NetworkWeights,
+    x_slots: Tensor,
+    h: list[Tensor],
+    c: list[Tensor],
+    top_down: list[Tensor | None],
+    dropout: list[StepDropout] | None,
+    return_diagnostics: bool,
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """The time loop, one ``step`` (:meth:`BRIMsCell.advance`) per time step.
+
+    Returns the top layer's output ``(T, B, hidden_L)``, the final ``h`` and ``c`` (module
+    layout) and, with diagnostics, per layer the active masks ``(T, n, B)`` and attention
+    ``(T, n, B, 1 + S)``.
+    """
+    outputs, actives, attentions = [], [], []
+    for t, x_t in enumerate(x_slots.unbind(0)):  # unbind, not x[t]: indexing makes backward O(T^2)
+        h, c, top_down, output, active, attention = step(
+            weights, x_t, h, c, top_down, None if dropout is None else dropout[t]
+        )
+        outputs.append(output)
+        if return_diagnostics:
+            actives.append(active)
+            attentions.append(attention)
+    stacked_actives = [torch.stack(a) for a in zip(*actives)]
+    stacked_attentions = [torch.stack(a) for a in zip(*attentions)]
+    return torch.stack(outputs), h, c, stacked_actives, stacked_attentions  # (T, B, hidden_L)
 
 
 class BRIMs(nn.Module):
@@ -353,7 +520,7 @@ class BRIMs(nn.Module):
         )
         self.config = config
         self.cell = BRIMsCell(config)
-        self._step: Callable[..., Any] | None = None
+        self._steps: StepFunctions | None = None
 
     @classmethod
     def from_config(cls, config: BRIMsConfig) -> BRIMs:
@@ -367,7 +534,9 @@ class BRIMs(nn.Module):
     def compile_step(self, **compile_options: Any) -> BRIMs:
         """Run each time step through ``torch.compile(**compile_options)``; returns ``self``.
 
-        The time loop stays in Python, so compilation costs one step's graph, not T of them.
+        The time loop stays in Python, so compilation costs one step's graph, not T of them:
+        the plain step, and for training the forward and hand-written backward step of
+        :class:`~brims.sequence.SequenceFunction` (each compiled at its first use).
         Unless ``options`` says otherwise, inductor emits a C++ wrapper for the step
         (``cpp_wrapper=True``): a step is many small kernels, and calling them from the default
         Python wrapper cost a quarter of a CPU training step in our benchmark.
@@ -377,7 +546,7 @@ class BRIMs(nn.Module):
             mode = compile_options.pop("mode", None)
             mode_options = torch._inductor.list_mode_options(mode) if mode else {}
             compile_options["options"] = {"cpp_wrapper": True, **mode_options, **compile_options.get("options", {})}
-        self._step = torch.compile(self.cell.advance, **compile_options)
+        self._steps = StepFunctions(*(torch.compile(step, **compile_options) for step in self.cell.step_functions()))
         logger.info("BRIMs time step compiled with %s", compile_options)
         return self
 
@@ -388,7 +557,7 @@ class BRIMs(nn.Module):
         x = self.cell.check_input(x, 3, layout)
         if self.config.batch_first:
             x = x.transpose(0, 1)
-        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._step)
+        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._steps)
         if self.config.batch_first:
             output = output.transpose(0, 1)
             if diagnostics is not None:
