@@ -486,7 +486,8 @@ def test_compare_two_finished_runs(finished_run, tmp_path, data_dir, capsys):
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header == ["run", "model", "params", "val", "6x6", "7x7", "gaussian-0.3", "flip-0.05"]
+    assert header == ["run", "model", "params", "best val_acc", "6x6 acc %", "7x7 acc %", "gaussian-0.3 acc %",
+                      "flip-0.05 acc %"]
     assert set(lines[1].replace("|", "")) <= set("-")
     rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
     assert set(rows) == {finished_run.name, lstm.name}
