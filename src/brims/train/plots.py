@@ -153,8 +153,9 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
     else:
         prediction = str(int(output.argmax(-1)[0]))
     layers = len(diagnostics.active)
-    figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + 1)),
-                                gridspec_kw={"width_ratios": [3, 2]}, squeeze=False)
+    header = 0.25 if config.task == "lm" else 1.0  # a language model's input is one line of text
+    figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + header)), squeeze=False,
+                                gridspec_kw={"width_ratios": [3, 2], "height_ratios": [header] + [1] * layers})
     _draw_input(axes[0], config, inputs, caption, prediction)
     for layer in range(layers):
         active = diagnostics.active[layer][:, 0].float().cpu()  # (T, n)
