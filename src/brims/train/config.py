@@ -34,9 +34,20 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _int_at_least(name: str, value: Any, minimum: int, meaning: str = "") -> None:
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"{name} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
 def _positive_int(name: str, value: Any) -> None:
-    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-             f"{name} must be a positive integer, got {value!r}")
+    _int_at_least(name, value, 1)
+
+
+def _tuple_fields(config: Any, *names: str) -> None:
+    """YAML gives lists; the frozen configs hold tuples (hashable, compared by value)."""
+    for name in names:
+        if isinstance(getattr(config, name), list):
+            object.__setattr__(config, name, tuple(getattr(config, name)))
 
 
 @dataclass(frozen=True)
@@ -63,9 +74,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _require(self.dataset in IMAGE_DATASETS, f"data.dataset must be one of {sorted(IMAGE_DATASETS)}, "
                  f"got {self.dataset!r}")
-        for name in ("test_resolutions", "noise"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
+        _tuple_fields(self, "test_resolutions", "noise")
         _positive_int("data.train_resolution", self.train_resolution)
         for size in self.test_resolutions:
             _positive_int("data.test_resolutions[]", size)
@@ -77,8 +86,7 @@ class DataConfig:
             _require(noise.kind != "flip" or self.binarized,
                      f"data.noise: {text!r} applies to binarised data, not {self.dataset}")
         _positive_int("data.validation_size", self.validation_size)
-        _require(isinstance(self.train_limit, int) and self.train_limit >= 0,
-                 f"data.train_limit must be >= 0, got {self.train_limit!r}")
+        _int_at_least("data.train_limit", self.train_limit, 0, " (0: all)")
         _positive_int("data.batch_size", self.batch_size)
         _positive_int("data.eval_batch_size", self.eval_batch_size)
 
@@ -89,12 +97,6 @@ class DataConfig:
     @property
     def all_test_resolutions(self) -> tuple[int, ...]:
         return tuple(sorted({self.train_resolution, *self.test_resolutions}))
-
-
-def _tuple_fields(config: Any, *names: str) -> None:
-    for name in names:
-        if isinstance(getattr(config, name), list):
-            object.__setattr__(config, name, tuple(getattr(config, name)))
 
 
 @dataclass(frozen=True)
@@ -137,8 +139,7 @@ class CopyingDataConfig(GeneratedDataConfig):
         _positive_int("data.copy_length", self.copy_length)
         _positive_int("data.num_classes", self.num_classes)
         for name, gap in [("data.train_gap", self.train_gap)] + [("data.test_gaps[]", g) for g in self.test_gaps]:
-            _require(isinstance(gap, int) and not isinstance(gap, bool) and gap >= 0,
-                     f"{name} must be an integer >= 0, got {gap!r}")
+            _int_at_least(name, gap, 0)
 
     @property
     def all_test_gaps(self) -> tuple[int, ...]:
@@ -162,8 +163,7 @@ class AddingDataConfig(GeneratedDataConfig):
         _tuple_fields(self, "test_lengths")
         for name, length in [("data.train_length", self.train_length)] + [("data.test_lengths[]", n)
                                                                          for n in self.test_lengths]:
-            _require(isinstance(length, int) and not isinstance(length, bool) and length >= 2,
-                     f"{name} must be an integer >= 2, got {length!r}")
+            _int_at_least(name, length, 2)
 
     @property
     def all_test_lengths(self) -> tuple[int, ...]:
@@ -248,15 +248,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive_int("train.epochs", self.epochs)
-        _require(isinstance(self.max_steps, int) and not isinstance(self.max_steps, bool) and self.max_steps >= 0,
-                 f"train.max_steps must be an integer >= 0 (0: no limit), got {self.max_steps!r}")
+        _int_at_least("train.max_steps", self.max_steps, 0, " (0: no limit)")
         _require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
         _require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
                  f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
         _positive_int("train.checkpoint_every", self.checkpoint_every)
-        _require(isinstance(self.validate_every, int) and self.validate_every >= 0,
-                 f"train.validate_every must be >= 0, got {self.validate_every!r}")
-        _require(isinstance(self.threads, int) and self.threads >= 0, f"train.threads must be >= 0, got {self.threads!r}")
+        _int_at_least("train.validate_every", self.validate_every, 0, " (0: once per epoch)")
+        _int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
 
 
 DATA_CONFIGS: dict[str, type] = {
