@@ -95,6 +95,22 @@ class FreshBatchSampler(ResumableBatchSampler):
         return torch.arange(self.epoch * self.size, (self.epoch + 1) * self.size)
 
 
+def own_generator_loader(cls: type[DataLoader], dataset: Dataset, **options: Any) -> DataLoader:
+    """A loader with its own generator: a ``DataLoader`` otherwise draws a seed from torch's
+    global generator at every pass, which would shift the dropout draws of a resumed run."""
+    return cls(dataset, generator=torch.Generator(), **options)
+
+
+def validation_loader(dataset: Dataset, batch_size: int, **options: Any) -> DataLoader:
+    """The validation split in order."""
+    return own_generator_loader(DataLoader, dataset, batch_size=batch_size, shuffle=False, **options)
+
+
+def rank_and_world(module: L.LightningDataModule) -> tuple[int, int]:
+    """This process's rank and the number of ranks (0 and 1 outside a Trainer)."""
+    return (module.trainer.global_rank, module.trainer.world_size) if module.trainer else (0, 1)
+
+
 class ResumableLoader(DataLoader):
     """A ``DataLoader`` whose position Lightning saves in checkpoints and restores."""
 
@@ -151,15 +167,16 @@ class SeqImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> ResumableLoader:
         assert self.train_set is not None
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = ResumableBatchSampler(len(self.train_set), self.config.batch_size, self.seed, rank, world)
-        # Own generators: a DataLoader otherwise draws a seed from torch's global generator at
-        # every epoch start, which would shift the dropout draws of a resumed run by one.
-        return ResumableLoader(self.train_set, batch_sampler=sampler, generator=torch.Generator())
+        sampler = ResumableBatchSampler(len(self.train_set), self.config.batch_size, self.seed, *rank_and_world(self))
+        return own_generator_loader(ResumableLoader, self.train_set, batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False, generator=torch.Generator())
+        return validation_loader(self.val_set, self.config.eval_batch_size)
+
+
+# The fixed validation set of a generated task (apart from every training example's seed).
+VALIDATION_SEED = 1_000_000_007
 
 
 class IndexedExamples(Dataset):
@@ -185,28 +202,27 @@ class GeneratedDataModule(L.LightningDataModule):
     ``draw(count, generator)`` returns ``(inputs (count, ...), targets (count, ...))``.
     """
 
-    def __init__(self, config: Any, seed: int, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
-                 validation_seed: int = 1_000_000_007) -> None:
+    def __init__(self, config: Any, seed: int, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+                 ) -> None:
         super().__init__()
         self.config = config
         self.seed = seed
         self.draw = draw
-        self.validation_seed = validation_seed
         self.val_set: TokenDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.val_set is None:
-            generator = torch.Generator().manual_seed(self.validation_seed + self.seed)
+            generator = torch.Generator().manual_seed(VALIDATION_SEED + self.seed)
             self.val_set = TokenDataset(*self.draw(self.config.validation_sequences, generator))
 
     def train_dataloader(self) -> ResumableLoader:
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = FreshBatchSampler(self.config.train_sequences, self.config.batch_size, self.seed, rank, world)
-        return ResumableLoader(IndexedExamples(self.draw, self.seed), batch_sampler=sampler, generator=torch.Generator())
+        sampler = FreshBatchSampler(self.config.train_sequences, self.config.batch_size, self.seed,
+                                    *rank_and_world(self))
+        return own_generator_loader(ResumableLoader, IndexedExamples(self.draw, self.seed), batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=self.config.eval_batch_size, shuffle=False, generator=torch.Generator())
+        return validation_loader(self.val_set, self.config.eval_batch_size)
 
 
 class InOrderBatchSampler(ResumableBatchSampler):
@@ -261,7 +277,7 @@ class TextDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         corpus = load_corpus(self.config.corpus, self.config.data_dir)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        rank, world = rank_and_world(self)
         if self.config.batch_size % world:
             raise ValueError(f"data.batch_size={self.config.batch_size} streams do not split over {world} ranks")
         streams = batchify(corpus.train, self.config.batch_size)[:, rank::world]  # (T, B / world)
@@ -271,8 +287,8 @@ class TextDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         assert self.train_set is not None
         sampler = InOrderBatchSampler(len(self.train_set), 1, self.seed)
-        return ResumableLoader(self.train_set, batch_sampler=sampler, collate_fn=_single, generator=torch.Generator())
+        return own_generator_loader(ResumableLoader, self.train_set, batch_sampler=sampler, collate_fn=_single)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
-        return DataLoader(self.val_set, batch_size=1, shuffle=False, collate_fn=_single, generator=torch.Generator())
+        return validation_loader(self.val_set, 1, collate_fn=_single)
