@@ -233,11 +233,24 @@ class LanguageTask(Task):
 
         self.level = corpus_info(config.data.corpus).level
         self.states: dict[bool, Any] = {True: None, False: None}  # by model.training
+        self._vocabulary: Any = None
+        self._corpus: Any = None
 
     def vocabulary(self) -> Any:
+        """The corpus's vocabulary, read and verified once (every checkpoint records its fingerprint)."""
         from brims.data.corpora import load_vocabulary
 
-        return load_vocabulary(self.config.data.corpus, self.config.data.data_dir)
+        if self._vocabulary is None:
+            self._vocabulary = load_vocabulary(self.config.data.corpus, self.config.data.data_dir)
+        return self._vocabulary
+
+    def corpus(self) -> Any:
+        """The verified splits, read once for the test evaluation and the activity figure."""
+        from brims.data.corpora import load_corpus
+
+        if self._corpus is None:
+            self._corpus = load_corpus(self.config.data.corpus, self.config.data.data_dir)
+        return self._corpus
 
     def build_model(self) -> nn.Module:
         model = self.config.model
@@ -282,9 +295,9 @@ class LanguageTask(Task):
         return {"loss": loss, **measure, "tokens": count}
 
     def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
-        from brims.data.corpora import corrupt_tokens, load_corpus
+        from brims.data.corpora import corrupt_tokens
 
-        corpus = load_corpus(self.config.data.corpus, self.config.data.data_dir)
+        corpus = self.corpus()
         results: dict[str, Any] = {"level": self.level, "vocabulary": len(corpus.vocab)}
         for split in ("valid", "test"):
             ids = corpus.split(split)
@@ -298,9 +311,7 @@ class LanguageTask(Task):
         return results
 
     def activity_input(self) -> tuple[Tensor, str]:
-        from brims.data.corpora import load_corpus
-
-        corpus = load_corpus(self.config.data.corpus, self.config.data.data_dir)
+        corpus = self.corpus()
         tokens = corpus.valid[:100].view(1, -1)  # (1, T)
         return tokens, repr(corpus.vocab.decode(tokens[0])[:90])
 
