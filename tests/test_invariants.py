@@ -368,3 +368,20 @@ def test_init_state_is_zero_with_given_dtype():
     assert all(t.dtype == torch.float64 and t.shape == (3, s) and not t.any() for t, s in zip(state.h, (12, 10)))
     state = model.init_state(3, device="cpu", dtype=torch.float32)
     assert all(t.dtype == torch.float32 for t in state.h + state.c)
+
+
+# ---- ties ------------------------------------------------------------------------------------------
+
+
+def test_ties_in_the_null_score_go_to_the_lower_module_index():
+    """From a zero state every query is zero, so every module attends to null alike at step 0:
+    the choice must not depend on the device's top-k (CUDA breaks ties differently from CPU)."""
+    from brims.layer import select_top_k
+
+    null_score = torch.tensor([[0.5, 0.2, 0.6], [0.5, 0.2, 0.1], [0.5, 0.9, 0.5], [0.5, 0.2, 0.5]])  # (n=4, B=3)
+    chosen = select_top_k(null_score, 2)
+    assert chosen.T.tolist() == [[True, True, False, False], [True, True, False, False], [False, True, True, False]]
+    config = make_config("lstm", 2)
+    _, _, diagnostics = build(config)(random_input(config, 1, 3), return_diagnostics=True)
+    for active, k in zip(diagnostics.active, config.top_k):
+        assert active[0].tolist() == [[i < k for i in range(active.shape[-1])]] * 3

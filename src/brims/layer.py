@@ -74,12 +74,14 @@ class StepGrads(NamedTuple):
 def select_top_k(null_score: Tensor, k: int) -> Tensor:
     """Bool mask ``(n, B)``: per example, the ``k`` modules that attend least to null.
 
-    A hard choice: no gradient flows through it. Ties go to the lower module index.
+    A hard choice: no gradient flows through it. Ties go to the lower module index on every
+    device (a stable sort; ``topk`` breaks ties differently on CPU and CUDA, and a zero state
+    makes every module's null score equal at the first step).
     """
     n = null_score.shape[0]
     if k == n:
         return torch.ones_like(null_score, dtype=torch.bool)
-    chosen = torch.topk(null_score.detach(), k, dim=0, largest=False).indices  # (k, B)
+    chosen = torch.sort(null_score.detach(), dim=0, stable=True).indices[:k]  # (k, B)
     return torch.zeros_like(null_score, dtype=torch.bool).scatter_(0, chosen, True)
 
 
