@@ -166,3 +166,22 @@ def test_cuda_compile_step_matches_eager(fresh_dynamo):
         expected, _ = gpu(x)
         output, _ = gpu.compile_step()(x)
     torch.testing.assert_close(output, expected, **TOL)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["16-mixed", "bf16-mixed"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile_step"])
+def test_cuda_mixed_precision_trains(fresh_dynamo, dtype, compiled):
+    """What Lightning's 16-mixed / bf16-mixed does: an encoder hands the core a low-precision input
+    under autocast. torch 2.11's inductor failed here (pad_mm) until compile_step turned padding off on CUDA."""
+    config = make_config("lstm", 2)
+    model = build(config, dtype=torch.float32, train=True).cuda()
+    if compiled:
+        model.compile_step()
+    encoder = torch.nn.Linear(5, config.input_size).cuda()
+    with torch.autocast("cuda", dtype=dtype):
+        output, state = model(encoder(torch.randn(4, 3, 5, device="cuda")))
+        loss = output.float().square().mean()
+    loss.backward()
+    assert all(t.dtype == torch.float32 for t in state.h + state.c)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -205,3 +205,31 @@ def test_float32_equals_autograd(cell):
     _, slow, _ = run(model, x, state, True, fast=False)
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_mixed_precision_input_under_autocast(cell):
+    """Under autocast the layer before the core hands it a bfloat16 input (what Lightning's
+    ``bf16-mixed`` does). The core takes it, keeps its state in the parameters' float32, keeps
+    exactly k modules active, and trains through autograd (the hand-written backward assumes one dtype)."""
+    config = make_config(cell, 2)
+    model = build(config, dtype=torch.float32)
+    encoder = torch.nn.Linear(5, config.input_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = encoder(torch.randn(STEPS, BATCH, 5))
+        assert x.dtype == torch.bfloat16
+        output, final, diagnostics = model(x, return_diagnostics=True)
+    assert type(output.grad_fn).__name__ != "SequenceFunctionBackward"
+    assert all(t.dtype == torch.float32 for t in final.h + final.c)
+    for active, k in zip(diagnostics.active, config.top_k):
+        assert (active.sum(-1) == k).all()
+    output.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+               for p in [*model.parameters(), *encoder.parameters()])
+
+
+def test_low_precision_input_outside_autocast_is_refused():
+    config = make_config("lstm", 1)
+    model = build(config, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"input has dtype torch.bfloat16, but the model's parameters are torch.float32"):
+        model(random_input(config, STEPS, BATCH, dtype=torch.bfloat16))

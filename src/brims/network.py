@@ -157,6 +157,10 @@ class BRIMsCell(nn.Module):
         if x.device != reference.device:
             raise ValueError(f"input is on {x.device}, but the model's parameters are on {reference.device}")
         if x.dtype != reference.dtype:
+            if torch.is_autocast_enabled(x.device.type) and x.dtype == torch.get_autocast_dtype(x.device.type):
+                # Mixed precision: the layer before us ran in the autocast dtype. The state stays in
+                # the parameters' dtype; autocast still runs our matmuls in the low precision.
+                return x.to(reference.dtype)
             raise ValueError(f"input has dtype {x.dtype}, but the model's parameters are {reference.dtype}")
         return x
 
@@ -413,6 +417,8 @@ class BRIMsCell(nn.Module):
             return False
         if x.dtype not in SUPPORTED_DTYPES or torch.compiler.is_compiling():
             return False
+        if torch.is_autocast_enabled(x.device.type):  # the hand-written backward assumes one dtype throughout
+            return False
         # torch has no public query for these two; an autograd.Function without jvp/vmap rules fails under them.
         if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
             return False
@@ -520,7 +526,8 @@ class BRIMs(nn.Module):
         )
         self.config = config
         self.cell = BRIMsCell(config)
-        self._steps: StepFunctions | None = None
+        self._compile_options: dict[str, Any] | None = None  # set by compile_step()
+        self._compiled: dict[str, StepFunctions] = {}  # by device type
 
     @classmethod
     def from_config(cls, config: BRIMsConfig) -> BRIMs:
@@ -536,19 +543,38 @@ class BRIMs(nn.Module):
 
         The time loop stays in Python, so compilation costs one step's graph, not T of them:
         the plain step, and for training the forward and hand-written backward step of
-        :class:`~brims.sequence.SequenceFunction` (each compiled at its first use).
-        Unless ``options`` says otherwise, inductor emits a C++ wrapper for the step
-        (``cpp_wrapper=True``): a step is many small kernels, and calling them from the default
-        Python wrapper cost a quarter of a CPU training step in our benchmark.
+        :class:`~brims.sequence.SequenceFunction` (each compiled at its first use). The step is
+        compiled separately for each device type it runs on, with inductor defaults chosen per
+        device unless ``options`` says otherwise:
+
+        - CPU: a C++ wrapper (``cpp_wrapper=True``). A step is many small kernels, and calling
+          them from the default Python wrapper cost a quarter of a CPU training step.
+        - CUDA: the Python wrapper (the C++ one rules out CUDA graphs, ``mode="reduce-overhead"``,
+          and failed to build our backward step in torch 2.11), and no matmul shape padding
+          (inductor's ``pad_mm`` pass benchmarks a matmul with its pre-autocast dtypes and fails
+          under mixed precision in torch 2.11; our matmuls are too small to gain from padding).
         """
-        if compile_options.get("backend", "inductor") == "inductor":
-            # torch.compile takes `mode` or `options`, not both: fold the mode into the options.
-            mode = compile_options.pop("mode", None)
-            mode_options = torch._inductor.list_mode_options(mode) if mode else {}
-            compile_options["options"] = {"cpp_wrapper": True, **mode_options, **compile_options.get("options", {})}
-        self._steps = StepFunctions(*(torch.compile(step, **compile_options) for step in self.cell.step_functions()))
-        logger.info("BRIMs time step compiled with %s", compile_options)
+        self._compile_options = dict(compile_options)
+        self._compiled = {}
+        self._steps_for(self.cell.layers[0].cell.weight_hh.device)  # bad options fail here, not mid-run
         return self
+
+    def _steps_for(self, device: torch.device) -> StepFunctions | None:
+        """The compiled step functions for ``device``'s type (built at first use), or None (eager)."""
+        if self._compile_options is None:
+            return None
+        if device.type not in self._compiled:
+            options = dict(self._compile_options)
+            if options.get("backend", "inductor") == "inductor":
+                # torch.compile takes `mode` or `options`, not both: fold the mode into the options.
+                mode = options.pop("mode", None)
+                mode_options = torch._inductor.list_mode_options(mode) if mode else {}
+                defaults = {"cpp_wrapper": True} if device.type == "cpu" else {"shape_padding": False}
+                options["options"] = {**defaults, **mode_options, **options.get("options", {})}
+            steps = StepFunctions(*(torch.compile(step, **options) for step in self.cell.step_functions()))
+            self._compiled[device.type] = steps
+            logger.info("BRIMs time step compiled for %s with %s", device.type, options)
+        return self._compiled[device.type]
 
     def forward(
         self, x: Tensor, state: BRIMsState | None = None, *, return_diagnostics: bool = False
@@ -557,7 +583,7 @@ class BRIMs(nn.Module):
         x = self.cell.check_input(x, 3, layout)
         if self.config.batch_first:
             x = x.transpose(0, 1)
-        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._steps)
+        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._steps_for(x.device))
         if self.config.batch_first:
             output = output.transpose(0, 1)
             if diagnostics is not None:
