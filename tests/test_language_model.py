@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_support import brims, kill_training
 
 from brims.cli import main
 from brims.data.corpora import batchify, prepare_corpus
 from brims.data.vocab import VocabularyMismatchError
 from brims.tasks.cores import CoreConfig
 from brims.tasks.language import LanguageModel, detach_state, sample, state_from_plain, state_to_plain
+from brims.train.checkpoint import read_checkpoint
 from brims.train.config import ConfigError, load_config
 from brims.train.datamodule import InOrderBatchSampler, TextWindows
 from brims.train.run import load_trained
@@ -105,19 +107,22 @@ def test_dropout_belongs_to_language_models_only():
         load_config(overrides=["model.dropout=0.1"])
 
 
-@pytest.fixture(scope="module")
-def finished_lm_run(corpus_dir, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("lm")
-    config = {
+def lm_config(corpus_dir: Path, **train) -> dict:
+    return {
         "task": "lm",
         "data": {"corpus": "austen", "seq_len": 8, "batch_size": 4, "eval_batch_size": 3, "noise": [0.3],
                  "data_dir": str(corpus_dir)},
         "model": {"embedding_size": 8, "dropout": 0.1, "tie_weights": True, "core": {"kind": "brims", **TINY}},
         "train": {"epochs": 1, "max_steps": 12, "lr": 0.01, "checkpoint_every": 4, "validate_every": 6,
-                  "accelerator": "cpu", "devices": 1, "threads": 1},
+                  "accelerator": "cpu", "devices": 1, "threads": 1, **train},
     }
-    (folder / "lm.yaml").write_text(yaml.safe_dump(config))
-    assert main(["train", str(folder / "lm.yaml"), "--run-dir", str(folder / "run"), "--no-progress"]) == 0
+
+
+@pytest.fixture(scope="module")
+def finished_lm_run(corpus_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    (folder / "lm.yaml").write_text(yaml.safe_dump(lm_config(corpus_dir)))
+    assert brims("train", str(folder / "lm.yaml"), "--run-dir", str(folder / "run"), "--no-progress") == 0
     return folder / "run"
 
 
@@ -152,3 +157,25 @@ def test_a_changed_vocabulary_is_refused(finished_lm_run, corpus_dir, tmp_path):
     torch.save(payload, moved)
     with pytest.raises(VocabularyMismatchError, match="vocabulary"):
         load_trained(moved)
+
+
+def test_resume_after_kill_continues_the_text_and_its_state(corpus_dir, tmp_path):
+    """Killed with SIGKILL mid-epoch and resumed, a run ends with the weights of an uninterrupted
+    one: the window position, the carried (detached) recurrent state and the RNG come back from
+    the checkpoint. The run crosses an epoch boundary after the resume (the state resets there)."""
+    config = lm_config(corpus_dir, epochs=2, max_steps=60, checkpoint_every=2, validate_every=20)
+    (tmp_path / "lm.yaml").write_text(yaml.safe_dump(config))
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert brims("train", str(tmp_path / "lm.yaml"), "--run-dir", str(reference), "--no-progress") == 0
+    train_ids = torch.load(corpus_dir / "austen" / "train.pt", weights_only=True)
+    windows_per_epoch = len(TextWindows(batchify(train_ids, 4), 8))
+    assert 6 < windows_per_epoch < 60 - 6
+    killed_at = kill_training(["train", str(tmp_path / "lm.yaml"), "--run-dir", str(resumed), "--no-progress"],
+                              resumed, 6)
+    assert 0 < killed_at < windows_per_epoch
+    assert brims("train", str(resumed), "--no-progress") == 0
+    before, after = (read_checkpoint(run / "checkpoints" / "last.ckpt") for run in (reference, resumed))
+    assert after["global_step"] == before["global_step"] == 60
+    for key, value in before["state_dict"].items():
+        assert torch.equal(value, after["state_dict"][key]), f"{key} differs from the uninterrupted run"
+    assert json.loads((resumed / "metrics.json").read_text())["test"]["tokens"] > 0
