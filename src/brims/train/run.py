@@ -149,7 +149,13 @@ def _record_session(run_dir: Path, seconds: float, from_step: int, to_step: int)
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
-    """``(config, classifier in eval mode, checkpoint)`` from a run folder (its best) or a ``.ckpt``."""
+    """``(config, model in eval mode, checkpoint)`` from a run folder (its best) or a ``.ckpt``."""
+    config, _, model, checkpoint = _load_trained(path, device)
+    return config, model, checkpoint
+
+
+def _load_trained(path: str | Path, device: torch.device | str) -> tuple[ExperimentConfig, Any, Any, dict[str, Any]]:
+    """:func:`load_trained`, with the task that built the model (its data read and checked once)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "best.ckpt"
@@ -166,7 +172,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the model of its config ({str(error).splitlines()[0]})") from None
-    return config, model.to(device).eval(), checkpoint
+    return config, task, model.to(device).eval(), checkpoint
 
 
 def test(path: str | Path, device: str | None = None, progress: bool = True,
@@ -177,9 +183,9 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent.parent
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    config, model, checkpoint = load_trained(path, torch_device)
+    torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
+    config, task, model, checkpoint = _load_trained(path, torch_device)
     started = time.perf_counter()
-    task = make_task(config)
     results = task.evaluate(model, torch_device, progress)
     metrics = {
         "task": config.task,
