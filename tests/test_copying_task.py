@@ -1,4 +1,4 @@
-"""The copying task (data, loss, metrics, model wrapper) and the ``brims demo`` command."""
+"""The copying task (data, loss, metrics) and the ``brims demo`` command."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brims import BRIMsDiagnostics
 from brims.cli import main
 from brims.tasks.copying import (
     CopyingMetrics,
-    CopyingModel,
     CopyingTaskConfig,
+    copy_scores,
     copying_loss,
     copying_metrics,
-    evaluate_copying,
     make_copying_batch,
 )
 
@@ -177,52 +175,20 @@ def test_loss_and_metrics_reject_bad_arguments():
         copying_loss(logits, targets.float())
 
 
-# ---- model ---------------------------------------------------------------------------------------
+# ---- the scores the harness logs ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("core", ["brims", "lstm"])
-def test_model_output_shape_and_gradients(core):
-    config = CopyingTaskConfig(gap=1)
-    options = {"num_modules": (2, 2), "top_k": (1, 1)} if core == "brims" else {}
-    model = CopyingModel(config.vocab_size, core, (8, 8), **options)
-    inputs, targets = make_copying_batch(config, 3, generator())
-    logits = model(inputs)
-    assert logits.shape == (config.sequence_length, 3, config.vocab_size)
-    copying_loss(logits, targets).backward()
-    assert all(p.grad is not None for p in model.parameters())
-
-
-def test_model_diagnostics_and_errors():
-    config = CopyingTaskConfig(gap=1)
-    model = CopyingModel(config.vocab_size, "brims", (8, 8), num_modules=(4, 2), top_k=(2, 1))
-    inputs, _ = make_copying_batch(config, 3, generator())
-    logits, diagnostics = model(inputs, return_diagnostics=True)
-    assert isinstance(diagnostics, BRIMsDiagnostics)
-    assert diagnostics.active[0].shape == (config.sequence_length, 3, 4)
-    assert (diagnostics.active[1].sum(-1) == 1).all()
-    lstm = CopyingModel(config.vocab_size, "lstm", (8,))
-    with pytest.raises(ValueError, match="core='brims'"):
-        lstm(inputs, return_diagnostics=True)
-    with pytest.raises(ValueError, match="no core options"):
-        CopyingModel(config.vocab_size, "lstm", (8,), top_k=(1,))
-    with pytest.raises(ValueError, match="core must be one of"):
-        CopyingModel(config.vocab_size, "gru", (8,))
-    with pytest.raises(ValueError, match="hidden_sizes"):
-        CopyingModel(config.vocab_size, "lstm", (8, 0))
-    with pytest.raises(ValueError, match="inputs must have shape"):
-        model(inputs[..., :5])
-
-
-def test_evaluate_restores_mode_and_is_seeded():
+def test_copy_scores_are_the_metrics_as_tensors():
     config = CopyingTaskConfig(gap=2)
-    model = CopyingModel(config.vocab_size, "lstm", (8,))
-    model.train()
-    first = evaluate_copying(model, config, 16, generator(3))
-    assert model.training
-    assert evaluate_copying(model, config, 16, generator(3)) == first
-    model.eval()
-    evaluate_copying(model, config, 4, generator(3))
-    assert not model.training
+    _, targets = make_copying_batch(config, 5, generator())
+    logits = torch.randn(*targets.shape, config.vocab_size, generator=generator(1), requires_grad=True)
+    scores = copy_scores(logits, targets, config.copy_length)
+    metrics = copying_metrics(logits, targets, config.copy_length)
+    assert scores["copy_ce"].item() == pytest.approx(metrics.copy_cross_entropy)
+    assert scores["symbol_acc"].item() == metrics.symbol_accuracy
+    assert scores["sequence_acc"].item() == metrics.sequence_accuracy
+    scores["copy_ce"].backward()  # a loss on the copied symbols alone can train
+    assert logits.grad[: -config.copy_length].abs().sum() == 0 and logits.grad[-config.copy_length :].abs().sum() > 0
 
 
 # ---- the demo command ----------------------------------------------------------------------------
@@ -270,3 +236,9 @@ def test_cli_help_and_errors(capsys):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--hidden-sizes", "10", "10", "--num-modules", "4", "2"])
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "hidden-sizes" in message and "10" in message and "model.core" not in message

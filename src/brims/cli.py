@@ -21,21 +21,15 @@ import torch
 
 from brims import __version__
 from brims.train.commands import add_commands as add_experiment_commands
-from brims.tasks.copying import (
-    CopyingMetrics,
-    CopyingModel,
-    CopyingTaskConfig,
-    copying_loss,
-    copying_metrics,
-    evaluate_copying,
-    make_copying_batch,
-    predict,
-)
+from brims.tasks.copying import CopyingMetrics, CopyingTaskConfig, copying_loss, copying_metrics, make_copying_batch
+from brims.tasks.cores import CoreConfig
+from brims.tasks.sequence_model import SequenceModel
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP = 1.0
 DEMO_BRIMS = {"hidden_sizes": (64, 64), "num_modules": (4, 2), "top_k": (2, 1)}
+DEMO_EMBEDDING = 32  # the one-hot tokens' projection, as in the copying-cpu preset
 # Small enough that learning shows within the one-minute budget on 2 CPU cores.
 COPY_LENGTH, CLASSES, GAP, LEARNING_RATE = 3, 4, 5, 3e-3
 
@@ -141,40 +135,55 @@ def build_parser() -> argparse.ArgumentParser:
 # ---- demo --------------------------------------------------------------------------------------
 
 
-def _build_demo_model(args: argparse.Namespace, parser: argparse.ArgumentParser, vocab_size: int) -> CopyingModel:
+def _build_demo_model(args: argparse.Namespace, parser: argparse.ArgumentParser, vocab_size: int) -> SequenceModel:
+    """The harness's model for generated tasks: one-hot tokens → linear → core → readout at every step."""
     if args.core == "lstm":
         for flag, value in (("--num-modules", args.num_modules), ("--top-k", args.top_k)):
             if value is not None:
                 parser.error(f"{flag} applies to --core brims only")
-        return CopyingModel(vocab_size, "lstm", args.hidden_sizes or DEMO_BRIMS["hidden_sizes"])
-    options = {
-        "hidden_sizes": args.hidden_sizes or DEMO_BRIMS["hidden_sizes"],
-        "num_modules": args.num_modules or DEMO_BRIMS["num_modules"],
-        "top_k": args.top_k or DEMO_BRIMS["top_k"],
+    sizes = {
+        "hidden_sizes": tuple(args.hidden_sizes or DEMO_BRIMS["hidden_sizes"]),
+        "num_modules": tuple(args.num_modules or DEMO_BRIMS["num_modules"]),
+        "top_k": tuple(args.top_k or DEMO_BRIMS["top_k"]),
     }
     try:
-        return CopyingModel(vocab_size, "brims", **options)
+        core = CoreConfig(kind=args.core, **sizes)
+        return SequenceModel(core, vocab_size, DEMO_EMBEDDING, vocab_size, every_step=True)
     except ValueError as error:  # e.g. a hidden size not divisible by its module count
-        parser.error(str(error))  # exits with status 2
+        parser.error(str(error).replace("model.core.", "").replace("_", "-"))  # exits with status 2
         raise
 
 
-def _describe_model(model: CopyingModel) -> str:
+def _describe_model(model: SequenceModel) -> str:
     parameters = sum(p.numel() for p in model.parameters())
-    if model.core_name == "lstm":
-        sizes = [lstm.hidden_size for lstm in model.core]
-        return f"LSTM, hidden {_format_sizes(sizes)}, {parameters:,} parameters"
-    config = model.core.config
+    core = model.core.config
+    if core.kind == "lstm":
+        return f"LSTM, hidden {_format_sizes(core.hidden_sizes)}, {parameters:,} parameters"
     return (
-        f"BRIMs, hidden {_format_sizes(config.hidden_sizes)}, modules {_format_sizes(config.num_modules)}, "
-        f"active {_format_sizes(config.top_k)}, {parameters:,} parameters"
+        f"BRIMs, hidden {_format_sizes(core.hidden_sizes)}, modules {_format_sizes(core.num_modules)}, "
+        f"active {_format_sizes(core.top_k)}, {parameters:,} parameters"
     )
 
 
-def _module_activity(model: CopyingModel, task: CopyingTaskConfig, seed: int) -> list[str]:
+@torch.no_grad()
+def _predict(model: SequenceModel, inputs: torch.Tensor, **options: bool):
+    """``model`` on time-first one-hot ``inputs (T, B, V)`` in eval mode; logits ``(T, B, V)``
+    (and the diagnostics when asked). The training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        result = model(inputs.transpose(0, 1), **options)  # the model reads (B, T, V)
+    finally:
+        model.train(was_training)
+    if isinstance(result, tuple):
+        return result[0].transpose(0, 1), result[1]
+    return result.transpose(0, 1)
+
+
+def _module_activity(model: SequenceModel, task: CopyingTaskConfig, seed: int) -> list[str]:
     """One line per layer: the share of steps each module was active, on a fresh batch."""
     batch = make_copying_batch(task, 100, torch.Generator().manual_seed(seed))
-    _, diagnostics = predict(model, batch.inputs, return_diagnostics=True)
+    _, diagnostics = _predict(model, batch.inputs, return_diagnostics=True)
     lines = []
     for layer, active in enumerate(diagnostics.active):  # (T, B, n)
         shares = active.float().mean((0, 1))  # (n,)
@@ -219,7 +228,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         while time.perf_counter() - start < args.seconds:
             batch = make_copying_batch(task, args.batch, data)
-            logits = model(batch.inputs)  # (T, B, V)
+            logits = model(batch.inputs.transpose(0, 1)).transpose(0, 1)  # (B, T, V) -> (T, B, V)
             loss = copying_loss(logits, batch.targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -248,14 +257,15 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(f"{'gap':>5} {'steps':>6} {'symbol CE':>10} {'symbol acc':>11} {'sequence acc':>13}")
     for gap in gaps:
         config = task.with_gap(gap)
-        metrics = evaluate_copying(model, config, args.eval_batch, evaluation)
+        batch = make_copying_batch(config, args.eval_batch, evaluation)
+        metrics = copying_metrics(_predict(model, batch.inputs), batch.targets, config.copy_length)
         label = f"{gap}{'*' if gap == task.gap else ''}"
         print(
             f"{label:>5} {config.sequence_length:>6} {metrics.copy_cross_entropy:>10.3f} "
             f"{metrics.symbol_accuracy:>11.1%} {metrics.sequence_accuracy:>13.1%}"
         )
     print("(* training gap; symbol CE/acc: over the symbols to reproduce; sequence acc: all of them right)")
-    if model.core_name == "brims":
+    if model.core.is_modular:
         print("module activity at the training gap (share of steps each module is active):")
         for line in _module_activity(model, task, args.seed + 2):
             print(line)

@@ -3,23 +3,19 @@
 from brims.tasks.copying import (
     CopyingBatch,
     CopyingMetrics,
-    CopyingModel,
     CopyingTaskConfig,
+    copy_scores,
     copying_loss,
     copying_metrics,
-    evaluate_copying,
     make_copying_batch,
-    predict,
 )
 
 __all__ = [
     "CopyingBatch",
     "CopyingMetrics",
-    "CopyingModel",
     "CopyingTaskConfig",
+    "copy_scores",
     "copying_loss",
     "copying_metrics",
-    "evaluate_copying",
     "make_copying_batch",
-    "predict",
 ]

@@ -33,19 +33,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from brims.network import BRIMs, BRIMsDiagnostics
+from torch import Tensor
 
 logger = logging.getLogger(__name__)
-
-CORES = ("brims", "lstm")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -199,9 +194,10 @@ class CopyingMetrics:
         return dataclasses.asdict(self)
 
 
-@torch.no_grad()
-def copying_metrics(logits: Tensor, targets: Tensor, copy_length: int) -> CopyingMetrics:
-    """Metrics of a prediction; the symbols to copy are the last ``copy_length`` steps.
+def copy_scores(logits: Tensor, targets: Tensor, copy_length: int) -> dict[str, Tensor]:
+    """Scores of the symbols to reproduce (the last ``copy_length`` steps), as tensors:
+    ``copy_ce`` (cross-entropy; ``log(num_classes)`` is chance), ``symbol_acc`` (argmax right)
+    and ``sequence_acc`` (every symbol of a sequence right), each a mean over the batch.
 
     Args:
         logits: ``(T, B, V)`` unnormalised scores.
@@ -214,99 +210,20 @@ def copying_metrics(logits: Tensor, targets: Tensor, copy_length: int) -> Copyin
         raise ValueError(f"copy_length={copy_length} exceeds the sequence length T={logits.shape[0]}")
     copy_logits, copy_targets = logits[-copy_length:], targets[-copy_length:]  # (L, B, V), (L, B)
     correct = copy_logits.argmax(-1) == copy_targets  # (L, B)
+    return {
+        "copy_ce": F.cross_entropy(copy_logits.flatten(0, 1), copy_targets.flatten()),
+        "symbol_acc": correct.float().mean(),
+        "sequence_acc": correct.all(0).float().mean(),
+    }
+
+
+@torch.no_grad()
+def copying_metrics(logits: Tensor, targets: Tensor, copy_length: int) -> CopyingMetrics:
+    """:func:`copy_scores` and the training loss of a prediction, as floats (same arguments)."""
+    scores = copy_scores(logits, targets, copy_length)
     return CopyingMetrics(
         loss=copying_loss(logits, targets).item(),
-        copy_cross_entropy=F.cross_entropy(copy_logits.flatten(0, 1), copy_targets.flatten()).item(),
-        symbol_accuracy=correct.float().mean().item(),
-        sequence_accuracy=correct.all(0).float().mean().item(),
+        copy_cross_entropy=scores["copy_ce"].item(),
+        symbol_accuracy=scores["symbol_acc"].item(),
+        sequence_accuracy=scores["sequence_acc"].item(),
     )
-
-
-class CopyingModel(nn.Module):
-    """One-hot tokens → recurrent core → linear readout to token scores.
-
-    ``core="brims"`` builds :class:`brims.BRIMs` with ``hidden_sizes`` and ``core_options``
-    (``num_modules``, ``top_k``, ``attention_dropout``, ...). ``core="lstm"`` is the baseline:
-    a stack of ``torch.nn.LSTM`` layers of ``hidden_sizes``; it takes no options.
-
-    The one-hot input goes to the core unembedded: BRIMs projects it into its slots anyway,
-    and an LSTM's input weights are an embedding of one-hot tokens.
-    """
-
-    def __init__(
-        self, vocab_size: int, core: str = "brims", hidden_sizes: Sequence[int] = (64, 64), **core_options: Any
-    ) -> None:
-        super().__init__()
-        _check_int("vocab_size", vocab_size, 1)
-        if core not in CORES:
-            raise ValueError(f"core must be one of {CORES}, got {core!r}")
-        if isinstance(hidden_sizes, int) and not isinstance(hidden_sizes, bool):
-            hidden_sizes = (hidden_sizes,)
-        hidden_sizes = tuple(hidden_sizes)
-        if not hidden_sizes:
-            raise ValueError("hidden_sizes must name at least one layer")
-        for layer, size in enumerate(hidden_sizes):
-            _check_int(f"hidden_sizes[{layer}]", size, 1)
-        self.core_name = core
-        self.vocab_size = vocab_size
-        self.core: nn.Module
-        if core == "brims":
-            self.core = BRIMs(vocab_size, hidden_sizes, **core_options)
-        else:
-            if core_options:
-                raise ValueError(f"core='lstm' takes no core options, got {sorted(core_options)}")
-            sizes = (vocab_size, *hidden_sizes)
-            self.core = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1]) for i in range(len(hidden_sizes)))
-        self.readout = nn.Linear(hidden_sizes[-1], vocab_size)
-
-    def forward(
-        self, inputs: Tensor, *, return_diagnostics: bool = False
-    ) -> Tensor | tuple[Tensor, BRIMsDiagnostics]:
-        """``inputs (T, B, V)`` one-hot → logits ``(T, B, V)``.
-
-        With ``return_diagnostics=True`` (BRIMs core only) also returns the core's
-        :class:`brims.BRIMsDiagnostics` (which modules were active at each step).
-        """
-        if inputs.dim() != 3 or inputs.shape[-1] != self.vocab_size:
-            raise ValueError(f"inputs must have shape (T, B, {self.vocab_size}), got {tuple(inputs.shape)}")
-        if return_diagnostics and self.core_name != "brims":
-            raise ValueError("return_diagnostics needs core='brims'; an LSTM has no modules to report")
-        diagnostics = None
-        if self.core_name == "brims":
-            if return_diagnostics:
-                hidden, _, diagnostics = self.core(inputs, return_diagnostics=True)  # (T, B, H)
-            else:
-                hidden, _ = self.core(inputs)  # (T, B, H)
-        else:
-            hidden = inputs
-            for lstm in self.core:
-                hidden, _ = lstm(hidden)  # (T, B, H_l)
-        logits = self.readout(hidden)  # (T, B, V)
-        return logits if diagnostics is None else (logits, diagnostics)
-
-
-@torch.no_grad()
-def predict(model: CopyingModel, inputs: Tensor, *, return_diagnostics: bool = False) -> Any:
-    """``model(inputs, ...)`` in eval mode without gradients; the training mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        return model(inputs, return_diagnostics=return_diagnostics)
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def evaluate_copying(
-    model: CopyingModel, config: CopyingTaskConfig, batch_size: int, generator: torch.Generator
-) -> CopyingMetrics:
-    """Metrics of ``model`` on one fresh batch drawn with ``generator``, in eval mode.
-
-    The model's training mode is restored afterwards. The batch goes to the model's device.
-    """
-    parameter = next(model.parameters())
-    batch = make_copying_batch(config, batch_size, generator, device=parameter.device, dtype=parameter.dtype)
-    logits = predict(model, batch.inputs)  # (T, B, V)
-    metrics = copying_metrics(logits, batch.targets, config.copy_length)
-    logger.debug("copying eval at gap %d: %s", config.gap, metrics)
-    return metrics

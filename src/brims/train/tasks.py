@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from brims.data.images import IMAGE_DATASETS
 from brims.tasks.adding import FEATURES, TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
-from brims.tasks.copying import CopyingTaskConfig, make_copying_batch
+from brims.tasks.copying import CopyingTaskConfig, copy_scores, make_copying_batch
 from brims.tasks.language import LanguageModel, detach_state, move_state, state_from_plain, state_to_plain
 from brims.tasks.seqimage import SequenceClassifier
 from brims.tasks.sequence_model import SequenceModel
@@ -182,14 +182,8 @@ class CopyingTask(GeneratedTask):
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         inputs, targets = batch
         logits = model(inputs)  # (B, T, V)
-        length = self.config.data.copy_length  # the symbols to reproduce are the last steps
-        copy_logits, copy_targets = logits[:, -length:], targets[:, -length:]  # (B, L, V), (B, L)
-        correct = copy_logits.argmax(-1) == copy_targets  # (B, L)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), {
-            "copy_ce": F.cross_entropy(copy_logits.flatten(0, 1), copy_targets.flatten()),
-            "symbol_acc": correct.float().mean(),
-            "sequence_acc": correct.all(1).float().mean(),
-        }
+        scores = copy_scores(logits.transpose(0, 1), targets.transpose(0, 1), self.config.data.copy_length)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), {k: v.detach() for k, v in scores.items()}
 
 
 class AddingTask(GeneratedTask):
