@@ -318,6 +318,11 @@ _SECTIONS = {
 }
 
 
+def register_sections(sections: dict[tuple[type, str], type]) -> None:
+    """Let another family of configs (``brims.rl.config``) nest its sections under :func:`_build`."""
+    _SECTIONS.update(sections)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
