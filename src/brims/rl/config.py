@@ -28,7 +28,7 @@ from brims.train.config import (
     _plain,
     _positive_int,
     _require,
-    parse_overrides,
+    config_layers,
     register_sections,
 )
 
@@ -205,17 +205,7 @@ def load_rl_config(path: str | Path | None = None, overrides: list[str] | None =
                    base: dict[str, Any] | None = None) -> RLConfig:
     """Defaults ← ``base`` ← the YAML file at ``path`` ← ``overrides``, validated."""
     values = RLConfig().as_dict()
-    layers: list[dict[str, Any]] = [base or {}]
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (task, env, model, ppo, train)")
-        layers.append(loaded)
-    if overrides:
-        layers.append(parse_overrides(overrides))
+    layers = config_layers(path, overrides, base, "task, env, model, ppo, train")
     for layer in layers:
         values = _merge(values, layer)
     return _build(RLConfig, values, "")

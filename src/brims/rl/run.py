@@ -35,10 +35,9 @@ from brims.rl.envs import EnvSpaces, env_spaces, make_vector_env
 from brims.rl.ppo import Collector, ppo_update
 from brims.train.checkpoint import FORMAT_KEY, FORMAT_VERSION, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError
-from brims.train.run import _differing_fields
+from brims.train.run import CONFIG_FILE, prepare_run_dir
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 CURVE_FILE = "metrics.csv"
 PLOT_FILE = "learning_curve.png"
@@ -49,23 +48,6 @@ EVAL_SEED = 1_000_000  # evaluation episodes are seeded apart from every trainin
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def prepare_run_dir(run_dir: Path, config: RLConfig | None) -> RLConfig:
-    """Create the folder with ``config`` or check an existing folder's config equals it."""
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        existing = load_rl_config(saved)
-        if config is not None and config != existing:
-            changed = _differing_fields(config.as_dict(), existing.as_dict())
-            raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
-                              f"resume it with `brims train {run_dir}` or choose another --run-dir")
-        return existing
-    if config is None:
-        raise ConfigError(f"{run_dir} holds no run ({CONFIG_FILE} missing); give a config to start one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(saved, config.to_yaml())
-    return config
 
 
 def check_checkpoint_env(checkpoint: dict[str, Any], path: Path, config: RLConfig, spaces: EnvSpaces) -> None:
@@ -127,7 +109,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config)
+    config = prepare_run_dir(run_dir, config, load_rl_config)
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces fail here, before any training
     device = _device(config)
     if config.train.threads:
