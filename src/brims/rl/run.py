@@ -140,6 +140,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
                           window=RETURN_WINDOW)
     collector.recent.extend(recent)
     started, session_start = time.perf_counter(), update
+    offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
     try:
         while update < total:
@@ -155,7 +156,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
                 "mean_length": float(np.mean([n for _, n in finished])) if finished else math.nan,
                 f"return_last{RETURN_WINDOW}": float(np.mean(collector.recent)) if collector.recent else math.nan,
                 **losses,
-                "seconds": round(time.perf_counter() - started, 2),
+                "seconds": round(offset + time.perf_counter() - started, 2),
             })
             bar.update(1)
             bar.set_postfix(steps=rows[-1]["env_steps"], avg_return=f"{rows[-1][f'return_last{RETURN_WINDOW}']:.1f}")
@@ -201,31 +202,39 @@ def summary(run_dir: Path) -> dict[str, Any]:
 
 def evaluate(agent: RecurrentActorCritic, config: RLConfig, episodes: int, device: torch.device,
              seed: int = EVAL_SEED) -> list[float]:
-    """Returns of ``episodes`` full episodes of the (sampling) policy on freshly seeded environments."""
-    envs = make_vector_env(config.env, min(episodes, config.env.num_envs))
+    """Returns of ``episodes`` full episodes of the (sampling) policy on freshly seeded environments.
+
+    Each environment plays a fixed quota of episodes one after another: counting whichever
+    episodes end first would favour short ones.
+    """
+    count = min(episodes, config.env.num_envs)
+    quota = np.array([episodes // count + (i < episodes % count) for i in range(count)])
+    played = np.zeros(count, dtype=np.int64)
+    returns: list[float] = []
+    envs = make_vector_env(config.env, count)
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
-        collector = Collector(envs, agent, device, seed=seed, window=episodes)
+        collector = Collector(envs, agent, device, seed=seed)
         agent.eval()
         with torch.no_grad():
-            while len(collector.recent) < episodes:
+            while (played < quota).any():
                 logits, _, collector.state = agent.step(agent.normalizer(collector.obs), collector.state,
                                                         collector.starts)
                 action = torch.distributions.Categorical(logits=logits).sample()
                 obs, reward, terminated, truncated, _ = envs.step(action.cpu().numpy())
                 collector.running_return += reward
                 done = terminated | truncated
-                for row in np.flatnonzero(done):
-                    if len(collector.recent) < episodes:
-                        collector.recent.append(float(collector.running_return[row]))
+                for row in np.flatnonzero(done & (played < quota)):
+                    returns.append(float(collector.running_return[row]))
+                played += done
                 collector.running_return[done] = 0.0
                 collector.obs = torch.as_tensor(obs, device=device)
                 collector.starts = torch.as_tensor(done, device=device)
     finally:
         envs.close()
         torch.set_rng_state(generator_state)
-    return list(collector.recent)
+    return returns
 
 
 def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RLConfig, RecurrentActorCritic, Path]:
