@@ -208,6 +208,9 @@ def test_smoke_run_writes_the_run_folder(smoke_runs):
 def test_test_and_compare_commands(smoke_runs, capsys, tmp_path):
     assert brims("test", str(smoke_runs["lstm"]), "--episodes", "2", "--no-progress") == 0
     assert "| lstm | CartPole-v1 (velocity hidden) | lstm |" in capsys.readouterr().out
+    checkpoint = smoke_runs["lstm"] / "checkpoints" / "last.ckpt"
+    assert brims("test", str(checkpoint), "--episodes", "1", "--no-progress") == 0  # a .ckpt file also works
+    assert "| lstm |" in capsys.readouterr().out
     plot = tmp_path / "curves.png"
     assert brims("compare", str(smoke_runs["brims"]), str(smoke_runs["lstm"]), "--plot", str(plot)) == 0
     out = capsys.readouterr().out

@@ -34,6 +34,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, config_
 def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from brims.rl.run import test
 
+    if args.episodes is not None and args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     metrics = test(args.path, device=args.device, episodes=args.episodes, progress=not args.no_progress)
     print(format_table([metrics]))
     return 0

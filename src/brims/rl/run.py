@@ -168,7 +168,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
         envs.close()
     _record_session(run_dir, time.perf_counter() - started, session_start, update)
     plot_curves([(config.model.core.kind, rows)], run_dir / PLOT_FILE, config.env.id)
-    return test(run_dir, progress=progress) if test_after else summary(run_dir)
+    return test(run_dir, progress=progress) if test_after else summary(last)
 
 
 def _record_session(run_dir: Path, seconds: float, from_update: int, to_update: int) -> None:
@@ -180,9 +180,10 @@ def _record_session(run_dir: Path, seconds: float, from_update: int, to_update: 
                                  indent=2))
 
 
-def summary(run_dir: Path) -> dict[str, Any]:
-    """The training side of ``metrics.json``: budget, final average return, time."""
-    checkpoint = read_checkpoint(run_dir / LAST)
+def summary(checkpoint_path: Path) -> dict[str, Any]:
+    """The training side of ``metrics.json``, from a checkpoint: budget, final average return, time."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    run_dir = checkpoint_path.parent.parent
     config = load_rl_config(base=checkpoint[FORMAT_KEY]["config"])
     rows = checkpoint["rows"]
     recent = checkpoint["recent_returns"]
@@ -269,7 +270,7 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
     started = time.perf_counter()
     returns = evaluate(agent, config, count, torch_device)
     metrics = {
-        **summary(checkpoint_path.parent.parent),
+        **summary(checkpoint_path),
         "checkpoint": str(checkpoint_path),
         "parameters": sum(p.numel() for p in agent.parameters()),
         "test_episodes": count,
