@@ -114,7 +114,7 @@ class RecurrentActorCritic(nn.Module):
         hidden = config.core.hidden_size + config.encoder_size  # the heads read the core and the encoder
         self.policy = nn.Linear(hidden, spaces.num_actions)
         self.value = nn.Linear(hidden, 1)
-        # Near-uniform first policy and small first values: the usual PPO start.
+        # A near-uniform first policy (the usual PPO start).
         nn.init.orthogonal_(self.policy.weight, gain=0.01)
         nn.init.zeros_(self.policy.bias)
         nn.init.orthogonal_(self.value.weight, gain=1.0)
