@@ -63,6 +63,8 @@ def add_commands(commands: Any) -> None:
     test.add_argument("path", help="run folder or .ckpt file")
     test.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     test.add_argument("--no-progress", action="store_true", help="no progress bars")
+    test.add_argument("--episodes", type=int, help="RL runs only: episodes to play (default: the config's "
+                      "train.eval_episodes)")
     test.set_defaults(handler=run_test, command_parser=test)
 
     generate = commands.add_parser("generate", help="sample text from a trained language model",
@@ -100,8 +102,16 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from brims.train.config import load_config
     from brims.train.run import CONFIG_FILE, train
 
-    torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
+    from brims.rl.config import task_of
+
     source = Path(args.config)
+    if task_of(source if source.is_dir() else resolve_config(args.config)) == "rl":
+        if source.is_dir() and args.set:
+            parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
+        from brims.rl.commands import run_train as run_rl_train
+
+        return run_rl_train(args, parser, None if source.is_dir() else resolve_config(args.config))
+    torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
     if source.is_dir():
         if args.set:
             parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
@@ -121,7 +131,16 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims.rl.config import task_of
     from brims.train.run import test
+
+    path = Path(args.path)
+    if task_of(path if path.is_dir() else path.parent.parent) == "rl":
+        from brims.rl.commands import run_test as run_rl_test
+
+        return run_rl_test(args, parser)
+    if args.episodes is not None:
+        parser.error("--episodes applies to RL runs only")
 
     metrics = test(args.path, device=args.device, progress=not args.no_progress)
     print(format_table([metrics]))
@@ -140,8 +159,15 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         metrics = json.loads(path.read_text())
         metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
         runs.append(metrics)
-    print(format_table(runs, [Path(f).name for f in args.runs]))
     plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "comparison.png"
+    if any(run.get("task") == "rl" for run in runs):
+        if any(run.get("task") != "rl" for run in runs):
+            parser.error("compare RL runs with RL runs only")
+        from brims.rl.commands import run_compare as run_rl_compare
+
+        run_rl_compare(runs, args.runs, plot)
+        return 0
+    print(format_table(runs, [Path(f).name for f in args.runs]))
     task = runs[0].get("task", "seqimage")
     plot_test_summary(runs, plot, f"sequential {runs[0]['dataset']}" if task == "seqimage" else task)
     print(f"plot: {plot}")

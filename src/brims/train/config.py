@@ -318,6 +318,11 @@ _SECTIONS = {
 }
 
 
+def register_sections(sections: dict[tuple[type, str], type]) -> None:
+    """Let another family of configs (``brims.rl.config``) nest its sections under :func:`_build`."""
+    _SECTIONS.update(sections)
+
+
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
@@ -340,9 +345,9 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     return nested
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> ExperimentConfig:
-    """The task's defaults ← ``base`` ← the YAML file at ``path`` ← ``overrides``, validated."""
+def config_layers(path: str | Path | None, overrides: list[str] | None, base: dict[str, Any] | None,
+                  sections: str) -> list[dict[str, Any]]:
+    """``[base, the YAML file at path, overrides]`` as dicts, the ones given, in that order."""
     layers: list[dict[str, Any]] = [base or {}]
     if path is not None:
         path = Path(path)
@@ -350,10 +355,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} does not exist")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (task, data, model, train)")
+            raise ConfigError(f"{path} must hold a mapping of sections ({sections})")
         layers.append(loaded)
     if overrides:
         layers.append(parse_overrides(overrides))
+    return layers
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The task's defaults ← ``base`` ← the YAML file at ``path`` ← ``overrides``, validated."""
+    layers = config_layers(path, overrides, base, "task, data, model, train")
     task = next((layer["task"] for layer in reversed(layers) if "task" in layer), "seqimage")
     if task not in DATA_CONFIGS:
         raise ConfigError(f"task must be one of {sorted(DATA_CONFIGS)}, got {task!r}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,14 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def prepare_run_dir(run_dir: Path, config: ExperimentConfig | None) -> ExperimentConfig:
+def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any] = load_config) -> Any:
     """Create the folder with ``config`` or, for an existing one, check ``config`` matches it.
 
-    ``config=None`` resumes with the folder's own config.
+    ``config=None`` resumes with the folder's own config (read with ``load``).
     """
     saved = run_dir / CONFIG_FILE
     if saved.is_file():
-        existing = load_config(saved)
+        existing = load(saved)
         if config is not None and config != existing:
             changed = _differing_fields(config.as_dict(), existing.as_dict())
             raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "

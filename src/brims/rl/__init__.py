@@ -1,0 +1,1 @@
+"""Reinforcement learning with recurrent cores: recurrent PPO on gymnasium vector environments."""
