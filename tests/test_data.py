@@ -21,7 +21,7 @@ import torch
 from brims.data.fetch import CIFAR_FILES, fetch_cifar10
 from brims.data.formats import read_cifar_batch, read_idx
 from brims.data.images import ImageSplit, load_image_split, save_image_dataset
-from brims.data.store import DATA_ENV, MANIFEST, DataCorruptError, DataMissingError, write_manifest
+from brims.data.store import DATA_ENV, MANIFEST, DataCorruptError, DataMissingError, atomic_write, write_manifest
 
 # ---- idx ------------------------------------------------------------------------------------
 
@@ -333,3 +333,18 @@ def test_split_file_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(DataCorruptError, match=r"train\.pt"):
         load_image_split("mnist", "train", tmp_path)
     assert not marker.exists(), "loading a split file ran code"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_write_gives_the_permissions_of_a_plain_open(tmp_path, umask):
+    """A temporary file from mkstemp is owner-only; the finished file must follow the umask."""
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "out.bin", lambda handle: handle.write(b"data"))
+        with open(tmp_path / "plain.bin", "wb") as handle:
+            handle.write(b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.bin").read_bytes() == b"data"
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == (tmp_path / "plain.bin").stat().st_mode & 0o777
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "plain.bin"]  # no temporary file left
