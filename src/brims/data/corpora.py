@@ -56,6 +56,7 @@ from brims.data.store import (
     DataCorruptError,
     DataError,
     atomic_write,
+    atomic_write_text,
     data_root,
     sha256_of,
     verified_file,
@@ -353,7 +354,7 @@ def prepare_corpus(name: str, documents: Sequence[list[str]], root: str | Path |
         buffer = io.BytesIO()
         torch.save(ids.to(dtype), buffer)
         atomic_write(folder / f"{split}.pt", lambda h: h.write(buffer.getvalue()))
-    atomic_write(folder / VOCAB_FILE, lambda h: h.write(vocab.to_json().encode("utf-8")))
+    atomic_write_text(folder / VOCAB_FILE, vocab.to_json())
     meta = {
         "corpus": name,
         "level": info.level,

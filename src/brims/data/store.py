@@ -70,6 +70,11 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text."""
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def _umask() -> int:
     """The process's file-creation mask (Python has no way to read it without setting it)."""
     mask = os.umask(0o022)
@@ -80,7 +85,7 @@ def _umask() -> int:
 def write_manifest(folder: Path, files: list[str], meta: dict | None = None) -> None:
     """Record the sha256 of ``files`` (names inside ``folder``); marks the folder complete."""
     manifest = {"files": {name: sha256_of(folder / name) for name in files}, **(meta or {})}
-    atomic_write(folder / MANIFEST, lambda h: h.write(json.dumps(manifest, indent=2).encode()))
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
 def verified_file(folder: Path, name: str, fetch_hint: str) -> Path:

@@ -28,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from brims.data.store import atomic_write
+from brims.data.store import atomic_write_text
 from brims.rl.agent import RecurrentActorCritic
 from brims.rl.config import RLConfig, load_rl_config
 from brims.rl.envs import EnvSpaces, env_spaces, make_vector_env
 from brims.rl.ppo import Collector, ppo_update
 from brims.train.checkpoint import FORMAT_KEY, FORMAT_VERSION, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError
-from brims.train.run import CONFIG_FILE, prepare_run_dir
+from brims.train.run import CONFIG_FILE, prepare_run_dir, record_session
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -44,10 +44,6 @@ PLOT_FILE = "learning_curve.png"
 LAST = Path("checkpoints") / "last.ckpt"
 RETURN_WINDOW = 100  # episodes in the reported average training return
 EVAL_SEED = 1_000_000  # evaluation episodes are seeded apart from every training reset
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def check_checkpoint_env(checkpoint: dict[str, Any], path: Path, config: RLConfig, spaces: EnvSpaces) -> None:
@@ -92,7 +88,7 @@ def _write_curve(run_dir: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _write_text(run_dir / CURVE_FILE, buffer.getvalue())
+    atomic_write_text(run_dir / CURVE_FILE, buffer.getvalue())
 
 
 def _load_weights(agent: RecurrentActorCritic, checkpoint: dict[str, Any], path: Path) -> None:
@@ -166,18 +162,9 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     finally:
         bar.close()
         envs.close()
-    _record_session(run_dir, time.perf_counter() - started, session_start, update)
+    record_session(run_dir, time.perf_counter() - started, from_update=session_start, to_update=update)
     plot_curves([(config.model.core.kind, rows)], run_dir / PLOT_FILE, config.env.id)
     return test(run_dir, progress=progress) if test_after else summary(last)
-
-
-def _record_session(run_dir: Path, seconds: float, from_update: int, to_update: int) -> None:
-    path = run_dir / "train_time.json"
-    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    sessions.append({"seconds": round(seconds, 1), "from_update": from_update, "to_update": to_update,
-                     "threads": torch.get_num_threads()})
-    _write_text(path, json.dumps({"seconds": round(sum(s["seconds"] for s in sessions), 1), "sessions": sessions},
-                                 indent=2))
 
 
 def summary(checkpoint_path: Path) -> dict[str, Any]:
@@ -279,7 +266,7 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
         "test_seconds": round(time.perf_counter() - started, 1),
     }
     if path.is_dir():
-        _write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+        atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
 
 

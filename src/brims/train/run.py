@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from brims.data.store import atomic_write
+from brims.data.store import atomic_write_text
 from brims.train.checkpoint import FORMAT_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError, ExperimentConfig, load_config
 from brims.train.datamodule import TrackTrainedBatches
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 TRAIN_TIME_FILE = "train_time.json"
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
 def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any] = load_config) -> Any:
@@ -57,7 +53,7 @@ def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any] = lo
     if config is None:
         raise ConfigError(f"{run_dir} holds no run ({CONFIG_FILE} missing); give a config to start one")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(saved, config.to_yaml())
+    atomic_write_text(saved, config.to_yaml())
     return config
 
 
@@ -134,18 +130,18 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     if trainer.global_step == resumed_step and metrics_path.is_file():
         log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
         return json.loads(metrics_path.read_text())
-    _record_session(run_dir, elapsed, resumed_step or 0, trainer.global_step)
+    record_session(run_dir, elapsed, from_step=resumed_step or 0, to_step=trainer.global_step)
     return test(run_dir, progress=progress) if test_after else None
 
 
-def _record_session(run_dir: Path, seconds: float, from_step: int, to_step: int) -> None:
-    """Append this training session to ``train_time.json`` (a session killed before its end
-    is not recorded: its steps after the last checkpoint were redone by the next one)."""
+def record_session(run_dir: Path, seconds: float, **span: int) -> None:
+    """Append this training session (its wall time and ``span``, e.g. ``from_step``/``to_step``)
+    to ``train_time.json``. A session killed before its end is not recorded: its steps after the
+    last checkpoint were redone by the next one."""
     path = run_dir / TRAIN_TIME_FILE
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    sessions.append({"seconds": round(seconds, 1), "from_step": from_step, "to_step": to_step,
-                     "threads": torch.get_num_threads()})
-    _write_text(path, json.dumps({"seconds": round(sum(s["seconds"] for s in sessions), 1), "sessions": sessions},
+    sessions.append({"seconds": round(seconds, 1), **span, "threads": torch.get_num_threads()})
+    atomic_write_text(path, json.dumps({"seconds": round(sum(s["seconds"] for s in sessions), 1), "sessions": sessions},
                                  indent=2))
 
 
@@ -205,7 +201,7 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
     train_time = run_dir / TRAIN_TIME_FILE
     if train_time.is_file():
         metrics["train"] = json.loads(train_time.read_text())
-    _write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    atomic_write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
     plots.plot_run(run_dir, config, task, model, metrics)
     return metrics
 
