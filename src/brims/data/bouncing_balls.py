@@ -93,11 +93,14 @@ def sample_start(config: BallsConfig, generator: torch.Generator) -> tuple[Tenso
         else:
             raise ValueError(f"could not place ball {ball + 1} of {config.balls} (radius {r:g}) without overlap in "
                              f"{side}x{side} frames after {PLACEMENT_TRIES} tries")
-    angle = 2 * math.pi * torch.rand(config.balls, generator=generator, dtype=torch.float64)  # (K,)
-    speed = config.speed * (MIN_SPEED_SHARE + (1 - MIN_SPEED_SHARE) * torch.rand(
-        config.balls, generator=generator, dtype=torch.float64))  # (K,)
-    velocity = speed[:, None] * torch.stack([angle.cos(), angle.sin()], -1)  # (K, 2)
-    return torch.stack(positions), velocity
+    return torch.stack(positions), random_velocities(config.balls, config.speed, generator)
+
+
+def random_velocities(count: int, speed: float, generator: torch.Generator) -> Tensor:
+    """``(count, 2)`` velocities: uniform directions, speeds uniform in ``[MIN_SPEED_SHARE * speed, speed]``."""
+    angle = 2 * math.pi * torch.rand(count, generator=generator, dtype=torch.float64)  # (K,)
+    share = MIN_SPEED_SHARE + (1 - MIN_SPEED_SHARE) * torch.rand(count, generator=generator, dtype=torch.float64)
+    return (speed * share)[:, None] * torch.stack([angle.cos(), angle.sin()], -1)  # (K, 2)
 
 
 def _reflect_walls(position: Tensor, velocity: Tensor, low: float, high: float) -> None:

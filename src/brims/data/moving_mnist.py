@@ -16,7 +16,6 @@ S = frame side, d = digit side.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MIN_SPEED_SHARE = 0.5  # a digit's speed is uniform in [MIN_SPEED_SHARE * speed, speed]
+from brims.data.bouncing_balls import random_velocities
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class MovingDigitsConfig:
     frames: frames per sequence ``T``.
     digits: digits per sequence ``K``.
     digit_size: side ``d`` the 28x28 digits are resized to (smaller than ``S``).
-    speed: the largest speed in pixels per frame (each digit's is drawn below it).
+    speed: the largest speed in pixels per frame (as for the balls, each digit's is drawn below it).
     """
 
     frame_size: int = 64
@@ -82,10 +81,7 @@ def draw_moving_digits(config: MovingDigitsConfig, digits: Tensor, generators: S
     for generator in generators:
         picks.append(torch.randint(len(digits), (count,), generator=generator))  # (K,)
         starts.append(limit * torch.rand(count, 2, generator=generator, dtype=torch.float64))  # (K, 2)
-        angle = 2 * math.pi * torch.rand(count, generator=generator, dtype=torch.float64)  # (K,)
-        speed = config.speed * (MIN_SPEED_SHARE + (1 - MIN_SPEED_SHARE) * torch.rand(
-            count, generator=generator, dtype=torch.float64))  # (K,)
-        velocities.append(speed[:, None] * torch.stack([angle.cos(), angle.sin()], -1))  # (K, 2)
+        velocities.append(random_velocities(count, config.speed, generator))  # (K, 2)
     corner = _bounce(torch.stack(starts), torch.stack(velocities), config.frames, limit).round().long()  # (N, T, K, 2)
     n, t = corner.shape[:2]
     offsets = torch.arange(size)
