@@ -139,20 +139,21 @@ def test_moving_digits_use_the_given_digits_and_are_deterministic():
 SIZE, FRAMES, TEACHER = 16, 7, 3
 
 
-def tiny_model(kind: str = "brims", seed: int = 0) -> VideoPredictor:
+def tiny_model(kind: str = "brims", frame_skip: bool = False, seed: int = 0) -> VideoPredictor:
     torch.manual_seed(seed)
     core = CoreConfig(kind=kind, **{**TINY_CORE, "hidden_sizes": [8] if kind == "rims" else [8, 8],
                                     "attention_dropout": 0.0})
-    return VideoPredictor(core, SIZE, TEACHER, embedding_size=8, channels=2, conv_layers=2).eval()
+    return VideoPredictor(core, SIZE, TEACHER, embedding_size=8, channels=2, conv_layers=2,
+                          frame_skip=frame_skip).eval()
 
 
 def tiny_frames(batch: int = 3, seed: int = 0) -> torch.Tensor:
     return draw_balls(BallsConfig(SIZE, FRAMES, 2, 2.0, 1.5), generators(batch, seed))  # (B, T, S, S)
 
 
-@pytest.mark.parametrize("kind", CORE_KINDS)
-def test_output_shapes_for_every_core(kind):
-    model = tiny_model(kind)
+@pytest.mark.parametrize("kind, frame_skip", [(kind, False) for kind in CORE_KINDS] + [("brims", True)])
+def test_output_shapes_for_every_core(kind, frame_skip):
+    model = tiny_model(kind, frame_skip)
     logits = model(tiny_frames())
     assert logits.shape == (3, FRAMES - 1, SIZE, SIZE)
     assert torch.isfinite(logits).all()
@@ -161,9 +162,9 @@ def test_output_shapes_for_every_core(kind):
         assert all(active.shape[0] == FRAMES - 1 for active in diagnostics.active)  # one entry per step
 
 
-@pytest.mark.parametrize("kind", ["brims", "lstm"])
-def test_rollout_reads_only_the_teacher_forced_prefix(kind):
-    model = tiny_model(kind)
+@pytest.mark.parametrize("kind, frame_skip", [("brims", False), ("lstm", False), ("lstm", True)])
+def test_rollout_reads_only_the_teacher_forced_prefix(kind, frame_skip):
+    model = tiny_model(kind, frame_skip)
     frames = tiny_frames()
     changed = frames.clone()
     changed[:, TEACHER:] = torch.rand_like(changed[:, TEACHER:])
@@ -173,23 +174,25 @@ def test_rollout_reads_only_the_teacher_forced_prefix(kind):
         assert not torch.allclose(model(frames), model(changed))
 
 
-@pytest.mark.parametrize("curtain", [None, (5, 9)])
-def test_rollout_feeds_back_its_own_predictions(curtain):
+@pytest.mark.parametrize("curtain, frame_skip", [(None, False), ((5, 9), False), ((5, 9), True)])
+def test_rollout_feeds_back_its_own_predictions(curtain, frame_skip):
     """A step-by-step reference: frame t+1 is predicted from sigmoid(prediction of frame t)."""
-    model = tiny_model("brims")
+    model = tiny_model("brims", frame_skip)
     frames = tiny_frames()
     with torch.no_grad():
         logits = model(frames, curtain=curtain)  # (B, T-1, S, S)
         state, expected = None, []
         for t in range(FRAMES - 1):
             frame = frames[:, t] if t < TEACHER else torch.sigmoid(expected[-1])  # (B, S, S)
-            output, state, _ = model.core(model.encode(hide(frame, curtain)[None]), state)
-            expected.append(model.decode(output)[0])
+            seen = hide(frame, curtain)[None]  # (1, B, S, S)
+            output, state, _ = model.core(model.encode(seen), state)
+            expected.append(model.decode(output, seen)[0])
     torch.testing.assert_close(logits, torch.stack(expected, 1), rtol=1e-5, atol=1e-5)
 
 
-def test_curtain_hides_its_band_from_the_input_only():
-    model = tiny_model("brims")
+@pytest.mark.parametrize("frame_skip", [False, True])
+def test_curtain_hides_its_band_from_the_input_only(frame_skip):
+    model = tiny_model("brims", frame_skip)
     frames = tiny_frames()
     in_band = frames.clone()
     in_band[..., 5:9] = torch.rand_like(in_band[..., 5:9])
@@ -243,9 +246,10 @@ def test_video_config_errors_name_the_problem(override, message):
         load_config(overrides=video_overrides(override))
 
 
-def test_conv_options_belong_to_the_video_task():
+@pytest.mark.parametrize("override", ["model.conv_layers=2", "model.frame_skip=true"])
+def test_conv_options_belong_to_the_video_task(override):
     with pytest.raises(ConfigError, match="apply to task video only"):
-        load_config(overrides=["task=adding", "model.conv_layers=2"])
+        load_config(overrides=["task=adding", override])
 
 
 def test_batched_examples_equal_the_examples_one_by_one():
@@ -268,7 +272,7 @@ def run_config(tmp_path: Path, dataset: str, **data) -> Path:
         "data": {"dataset": dataset, "frame_size": 16, "frames": 6, "teacher_frames": 2, "objects": 2,
                  "test_objects": [3], "train_sequences": 48, "validation_sequences": 16, "test_sequences": 20,
                  "batch_size": 8, "eval_batch_size": 16, **data},  # 20 test sequences in 16s: a short last batch
-        "model": {"embedding_size": 8, "conv_channels": 2, "conv_layers": 2, "core": TINY_CORE},
+        "model": {"embedding_size": 8, "conv_channels": 2, "conv_layers": 2, "frame_skip": True, "core": TINY_CORE},
         "train": {"epochs": 1, "lr": 0.01, "checkpoint_every": 1, "accelerator": "cpu", "devices": 1, "threads": 1},
     }
     path = tmp_path / f"{dataset}.yaml"

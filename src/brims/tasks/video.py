@@ -17,7 +17,14 @@ targets stay whole: the model must keep track of what it cannot see.
 
 Encoder: ``L`` convolutions ``4x4``, stride 2 (channels ``c, 2c, .., 2^{L-1} c``), ReLU, then
 a linear map to ``E`` and a LayerNorm; the decoder mirrors it (linear, then ``L`` transposed
-convolutions). ``S`` must be a multiple of ``2^L``.
+convolutions).
+
+With ``frame_skip`` (our addition, not in the papers) the decoder also sees the frame just
+read: its last transposed convolution gives ``c`` maps, and a ``3x3`` convolution over those
+maps and ``x_t`` gives the logits, ``y_t = Conv([Dec(h_t), x_t])``. Copying the frame then
+needs no training, so a short CPU budget is spent on the motion, which only the core can
+supply; in the rollout ``x_t`` is the model's own prediction, and under the curtain it is blank
+in the band like every input. ``S`` must be a multiple of ``2^L``.
 
 Dimension legend: B = batch, T = frames, S = frame side, E = frame embedding, H = core
 output size, C = channels.
@@ -63,13 +70,14 @@ class VideoPredictor(nn.Module):
     module docstring)."""
 
     def __init__(self, core: CoreConfig, frame_size: int, teacher_frames: int, embedding_size: int, channels: int,
-                 conv_layers: int) -> None:
+                 conv_layers: int, frame_skip: bool = False) -> None:
         super().__init__()
         check_frame_size(frame_size, conv_layers)
         if teacher_frames < 1:
             raise ValueError(f"teacher_frames must be >= 1 (the rollout starts from true frames), got {teacher_frames}")
         self.frame_size = frame_size
         self.teacher_frames = teacher_frames
+        self.frame_skip = frame_skip
         widths = [1] + [channels * 2**i for i in range(conv_layers)]  # (1, c, 2c, ..)
         side = frame_size // 2**conv_layers
         encoder: list[nn.Module] = []
@@ -82,19 +90,26 @@ class VideoPredictor(nn.Module):
         self.core = RecurrentCore(core, embedding_size)
         decoder: list[nn.Module] = [nn.Linear(core.hidden_size, widths[-1] * side * side), nn.ReLU(),
                                     nn.Unflatten(1, (widths[-1], side, side))]
+        if frame_skip:
+            widths[0] = channels  # the last transposed convolution gives c maps for the merge
         for c_in, c_out in zip(widths[:0:-1], widths[-2::-1]):
             decoder += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
-        self.decoder = nn.Sequential(*decoder[:-1])  # the last layer gives logits: no ReLU
+        # Without the skip the last layer gives the logits: no ReLU.
+        self.decoder = nn.Sequential(*decoder) if frame_skip else nn.Sequential(*decoder[:-1])
+        self.merge = nn.Conv2d(channels + 1, 1, 3, padding=1) if frame_skip else None
 
     def encode(self, frames: Tensor) -> Tensor:
         """``(T, B, S, S)`` → ``(T, B, E)``."""
         steps, batch = frames.shape[:2]
         return self.encoder(frames.reshape(steps * batch, 1, self.frame_size, self.frame_size)).view(steps, batch, -1)
 
-    def decode(self, output: Tensor) -> Tensor:
-        """``(T, B, H)`` → logits ``(T, B, S, S)``."""
+    def decode(self, output: Tensor, seen: Tensor) -> Tensor:
+        """``output (T, B, H)`` and the frames read ``seen (T, B, S, S)`` → logits ``(T, B, S, S)``."""
         steps, batch = output.shape[:2]
-        return self.decoder(output.flatten(0, 1)).view(steps, batch, self.frame_size, self.frame_size)
+        maps = self.decoder(output.flatten(0, 1))  # (T*B, 1 or c, S, S)
+        if self.merge is not None:
+            maps = self.merge(torch.cat([maps, seen.reshape(steps * batch, 1, *seen.shape[-2:])], 1))  # (T*B, 1, S, S)
+        return maps.view(steps, batch, self.frame_size, self.frame_size)
 
     def forward(self, frames: Tensor, *, curtain: Curtain | None = None,
                 return_diagnostics: bool = False) -> Tensor | tuple[Tensor, BRIMsDiagnostics]:
@@ -110,12 +125,12 @@ class VideoPredictor(nn.Module):
             raise ValueError(f"{steps} frames leave nothing to roll out after the {prefix} teacher-forced ones")
         seen = hide(frames[:, :prefix].transpose(0, 1), curtain)  # (k, B, S, S)
         output, state, diagnostics = self.core(self.encode(seen), return_diagnostics=return_diagnostics)  # (k, B, H)
-        logits = [self.decode(output)]  # [(k, B, S, S)]: predictions of frames 1 .. k
+        logits = [self.decode(output, seen)]  # [(k, B, S, S)]: predictions of frames 1 .. k
         parts = [diagnostics]
         for _ in range(prefix, steps - 1):
             fed = hide(torch.sigmoid(logits[-1][-1:]), curtain)  # (1, B, S, S): its own last prediction
             output, state, diagnostics = self.core(self.encode(fed), state, return_diagnostics=return_diagnostics)
-            logits.append(self.decode(output))  # (1, B, S, S)
+            logits.append(self.decode(output, fed))  # (1, B, S, S)
             parts.append(diagnostics)
         result = torch.cat(logits).transpose(0, 1)  # (B, T-1, S, S)
         return (result, concat_diagnostics(parts)) if return_diagnostics else result

@@ -292,6 +292,7 @@ class ModelConfig:
     tie_weights: language modelling only: the readout shares the embedding's weight.
     conv_channels: video only: channels of the encoder's first convolution (doubled at each next one).
     conv_layers: video only: stride-2 convolutions of the encoder (and transposed ones of the decoder).
+    frame_skip: video only: the decoder also sees the frame just read (:mod:`brims.tasks.video`).
     """
 
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -300,6 +301,7 @@ class ModelConfig:
     tie_weights: bool = False
     conv_channels: int = 16
     conv_layers: int = 3
+    frame_skip: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("model.embedding_size", self.embedding_size)
@@ -308,6 +310,7 @@ class ModelConfig:
         _require(isinstance(self.tie_weights, bool), f"model.tie_weights must be true or false, got {self.tie_weights!r}")
         _positive_int("model.conv_channels", self.conv_channels)
         _positive_int("model.conv_layers", self.conv_layers)
+        _require(isinstance(self.frame_skip, bool), f"model.frame_skip must be true or false, got {self.frame_skip!r}")
 
 
 @dataclass(frozen=True)
@@ -373,8 +376,8 @@ class ExperimentConfig:
         else:
             defaults = ModelConfig.__dataclass_fields__
             _require(all(getattr(self.model, name) == defaults[name].default
-                         for name in ("conv_channels", "conv_layers")),
-                     f"model.conv_channels and model.conv_layers apply to task video only, not {self.task}")
+                         for name in ("conv_channels", "conv_layers", "frame_skip")),
+                     f"model.conv_channels, conv_layers and frame_skip apply to task video only, not {self.task}")
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -397,7 +397,7 @@ class VideoTask(Task):
 
         data, model = self.config.data, self.config.model
         return VideoPredictor(model.core, data.frame_size, data.teacher_frames, model.embedding_size,
-                              model.conv_channels, model.conv_layers)
+                              model.conv_channels, model.conv_layers, model.frame_skip)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         from brims.tasks.video import bce_per_frame
