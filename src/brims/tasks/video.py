@@ -77,7 +77,6 @@ class VideoPredictor(nn.Module):
             raise ValueError(f"teacher_frames must be >= 1 (the rollout starts from true frames), got {teacher_frames}")
         self.frame_size = frame_size
         self.teacher_frames = teacher_frames
-        self.frame_skip = frame_skip
         widths = [1] + [channels * 2**i for i in range(conv_layers)]  # (1, c, 2c, ..)
         side = frame_size // 2**conv_layers
         encoder: list[nn.Module] = []
