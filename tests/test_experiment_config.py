@@ -187,6 +187,8 @@ def test_every_packaged_preset_loads():
             assert config.data.train_gap not in config.data.test_gaps
         elif config.task == "adding":
             assert config.data.train_length not in config.data.test_lengths
+        elif config.task == "video":
+            assert config.data.objects not in config.data.test_objects and config.data.curtain
         else:
             assert config.task == "lm" and config.data.corpus in ("austen", "shakespeare", "gcide")
 

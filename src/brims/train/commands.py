@@ -181,6 +181,8 @@ def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> 
         raise ValueError("compare runs of one task at a time")
     if task == "lm":
         return _language_table(runs, names)
+    if task == "video":
+        return _video_table(runs, names)
     key, metric, label, scale, digits = {
         "seqimage": ("resolution", "acc", "{c}x{c} acc %", 100.0, 1),
         "copying": ("gap", "sequence_acc", "gap {c} seq acc % (copy CE)", 100.0, 1),
@@ -224,6 +226,28 @@ def _language_table(runs: list[dict[str, Any]], names: list[str] | None) -> str:
                  f"{run['valid'][metric]:.3f}", f"{run['test'][metric]:.3f}"]
         cells += [f"{run['noise'][s][metric]:.3f}" if s in run["noise"] else "-" for s in shares]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _video_table(runs: list[dict[str, Any]], names: list[str] | None) -> str:
+    """Binary cross-entropy per frame (nats, summed over its pixels), averaged over the frames of
+    the closed-loop rollout, per test condition; the teacher-forced frames' mean in brackets."""
+    conditions = list(dict.fromkeys(name for run in runs for name in run["condition"]))
+    header = ["run", "model", "params", "best val_loss"] + [f"{c}: rollout BCE (teacher-forced)" for c in conditions]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, run in enumerate(runs):
+        best = run.get("val_loss")
+        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
+                 "-" if best is None else f"{best:.4f}"]
+        for condition in conditions:
+            result = run["condition"].get(condition)
+            cells.append("-" if result is None else f"{result['rollout_bce']:.1f} ({result['teacher_bce']:.1f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    first = runs[0]
+    constant = ", ".join(f"{c} {r['constant_bce']:.1f}" for c, r in first["condition"].items())
+    lines.append(f"\n(BCE per {first['frame_size']}x{first['frame_size']} frame in nats; {first['teacher_frames']} "
+                 f"teacher-forced frames of {first['frames']}. Predicting every pixel as the mean intensity scores: "
+                 f"{constant})")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 A config names its ``task`` and has three sections, each a frozen dataclass validated on
 construction, so a bad value fails before training starts with a message naming the field::
 
-    task:  seqimage (sequential images), copying or adding (generated RIMs tasks), lm (language)
+    task:  seqimage (sequential images), copying or adding (generated RIMs tasks), lm (language),
+           video (next-frame prediction on bouncing balls or Moving MNIST)
     data:  the task's data: data set and resolutions, or sequence lengths; batch sizes
     model: the recurrent core (:class:`brims.tasks.cores.CoreConfig`) and the embedding
     train: optimiser, budget, checkpoint cadence, hardware
@@ -20,9 +21,12 @@ from typing import Any
 
 import yaml
 
+from brims.data.bouncing_balls import BallsConfig
 from brims.data.images import IMAGE_DATASETS
+from brims.data.moving_mnist import MovingDigitsConfig
 from brims.tasks.cores import CoreConfig
 from brims.tasks.seqimage import Noise
+from brims.tasks.video import check_frame_size
 
 
 class ConfigError(ValueError):
@@ -202,24 +206,111 @@ class LanguageDataConfig:
                      f"data.noise entries must be shares in (0, 1], got {share!r}")
 
 
+VIDEO_DATASETS = ("balls", "mnist")
+
+
+@dataclass(frozen=True)
+class VideoDataConfig(GeneratedDataConfig):
+    """Next-frame prediction on generated videos (:mod:`brims.tasks.video`).
+
+    Attributes:
+        dataset: ``balls`` (bouncing balls) or ``mnist`` (Moving MNIST from the fetched MNIST digits).
+        frame_size: side of the square frames in pixels.
+        frames: frames per sequence.
+        teacher_frames: true frames the model reads before it feeds on its own predictions.
+        objects: balls (or digits) per training sequence.
+        test_objects: other counts the test evaluates (the training count is always tested).
+        curtain: the band of columns hidden from the model's input in the curtain test, as
+            fractions ``[start, stop)`` of the width; ``[]`` for no curtain test.
+        speed: the largest speed in pixels per frame.
+        radius: balls only: ball radius in pixels.
+        digit_size: mnist only: side the 28x28 digits are resized to.
+    """
+
+    dataset: str = "balls"
+    frame_size: int = 64
+    frames: int = 51
+    teacher_frames: int = 10
+    objects: int = 4
+    test_objects: tuple[int, ...] = (6, 8)
+    curtain: tuple[float, ...] = (0.375, 0.625)
+    speed: float = 2.0
+    radius: float = 5.0
+    digit_size: int = 28
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _tuple_fields(self, "test_objects", "curtain")
+        _require(self.dataset in VIDEO_DATASETS, f"data.dataset must be one of {VIDEO_DATASETS}, got {self.dataset!r}")
+        _positive_int("data.frame_size", self.frame_size)
+        _int_at_least("data.frames", self.frames, 3, " (a teacher-forced frame, a predicted one, a rolled-out one)")
+        _int_at_least("data.teacher_frames", self.teacher_frames, 1)
+        _require(self.teacher_frames <= self.frames - 2,
+                 f"data.teacher_frames={self.teacher_frames} leaves no closed-loop rollout in "
+                 f"data.frames={self.frames} frames (at most {self.frames - 2})")
+        for name, count in [("data.objects", self.objects)] + [("data.test_objects[]", n) for n in self.test_objects]:
+            _positive_int(name, count)
+        _require(self.curtain == () or (len(self.curtain) == 2 and 0 <= self.curtain[0] < self.curtain[1] <= 1),
+                 f"data.curtain must be [] or [start, stop] with 0 <= start < stop <= 1, got {list(self.curtain)}")
+        _require(not self.curtain or self.curtain_columns[0] < self.curtain_columns[1],
+                 f"data.curtain={list(self.curtain)} hides no whole column of {self.frame_size}-pixel frames")
+        _require(isinstance(self.speed, (int, float)) and self.speed > 0, f"data.speed must be > 0, got {self.speed!r}")
+        defaults = VideoDataConfig.__dataclass_fields__
+        other = "digit_size" if self.dataset == "balls" else "radius"
+        _require(getattr(self, other) == defaults[other].default,
+                 f"data.{other} applies to dataset {'mnist' if other == 'digit_size' else 'balls'} only, "
+                 f"not {self.dataset}")
+        try:
+            for count in self.all_objects:  # a start that cannot be drawn fails now, not mid-run
+                self.generator_config(count)
+        except ValueError as error:
+            raise ConfigError(f"data: {error}") from None
+
+    @property
+    def all_objects(self) -> tuple[int, ...]:
+        return tuple(sorted({self.objects, *self.test_objects}))
+
+    @property
+    def curtain_columns(self) -> tuple[int, int]:
+        """The hidden columns ``[start, stop)`` in pixels."""
+        start, stop = self.curtain
+        return round(start * self.frame_size), round(stop * self.frame_size)
+
+    def generator_config(self, objects: int) -> BallsConfig | MovingDigitsConfig:
+        """The generator's config for ``objects`` balls or digits per sequence."""
+        if self.dataset == "balls":
+            return BallsConfig(self.frame_size, self.frames, objects, float(self.radius), float(self.speed))
+        return MovingDigitsConfig(self.frame_size, self.frames, objects, self.digit_size, float(self.speed))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Attributes:
     embedding_size: size of the input embedding or projection.
     dropout: language modelling only: dropout on the embedding and on the core's output.
     tie_weights: language modelling only: the readout shares the embedding's weight.
+    conv_channels: video only: channels of the encoder's first convolution (doubled at each next one).
+    conv_layers: video only: stride-2 convolutions of the encoder (and transposed ones of the decoder).
+    frame_skip: video only: the decoder also sees the frame just read (:mod:`brims.tasks.video`).
     """
 
     core: CoreConfig = field(default_factory=CoreConfig)
     embedding_size: int = 300
     dropout: float = 0.0
     tie_weights: bool = False
+    conv_channels: int = 16
+    conv_layers: int = 3
+    frame_skip: bool = False
 
     def __post_init__(self) -> None:
         _positive_int("model.embedding_size", self.embedding_size)
         _require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
                  f"model.dropout must be in [0, 1), got {self.dropout!r}")
         _require(isinstance(self.tie_weights, bool), f"model.tie_weights must be true or false, got {self.tie_weights!r}")
+        _positive_int("model.conv_channels", self.conv_channels)
+        _positive_int("model.conv_layers", self.conv_layers)
+        _require(isinstance(self.frame_skip, bool), f"model.frame_skip must be true or false, got {self.frame_skip!r}")
 
 
 @dataclass(frozen=True)
@@ -259,6 +350,7 @@ class TrainConfig:
 
 DATA_CONFIGS: dict[str, type] = {
     "seqimage": DataConfig, "copying": CopyingDataConfig, "adding": AddingDataConfig, "lm": LanguageDataConfig,
+    "video": VideoDataConfig,
 }
 
 
@@ -276,6 +368,16 @@ class ExperimentConfig:
         if self.task != "lm":
             _require(self.model.dropout == 0 and not self.model.tie_weights,
                      f"model.dropout and model.tie_weights apply to task lm only, not {self.task}")
+        if self.task == "video":
+            try:
+                check_frame_size(self.data.frame_size, self.model.conv_layers)
+            except ValueError as error:
+                raise ConfigError(f"data.frame_size: {error}") from None
+        else:
+            defaults = ModelConfig.__dataclass_fields__
+            _require(all(getattr(self.model, name) == defaults[name].default
+                         for name in ("conv_channels", "conv_layers", "frame_skip")),
+                     f"model.conv_channels, conv_layers and frame_skip apply to task video only, not {self.task}")
 
     def as_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -190,24 +190,46 @@ class IndexedExamples(Dataset):
     def __len__(self) -> int:  # only the sampler's indices are ever asked for
         raise TypeError("IndexedExamples has no length: it is endless")
 
+    def generator(self, index: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        inputs, targets = self.draw(1, generator)
+        inputs, targets = self.draw(1, self.generator(index))
         return inputs[0], targets[0]
+
+
+DrawEach = Callable[[list[torch.Generator]], tuple[torch.Tensor, torch.Tensor]]
+
+
+class BatchedExamples(IndexedExamples):
+    """The same endless examples, a batch at a time: ``draw_each(generators)`` draws example
+    ``i`` from ``generators[i]`` in one vectorised call (the loader asks ``__getitems__`` for
+    a whole batch), so ``draw(count, generator)`` is ``draw_each([generator] * count)``."""
+
+    def __init__(self, draw_each: DrawEach, seed: int) -> None:
+        super().__init__(lambda count, generator: draw_each([generator] * count), seed)
+        self.draw_each = draw_each
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        inputs, targets = self.draw_each([self.generator(index) for index in indices])
+        return list(zip(inputs, targets))
 
 
 class GeneratedDataModule(L.LightningDataModule):
     """A generated task: fresh training sequences every epoch, a fixed seeded validation set.
 
-    ``draw(count, generator)`` returns ``(inputs (count, ...), targets (count, ...))``.
+    ``draw(count, generator)`` returns ``(inputs (count, ...), targets (count, ...))``; with
+    ``draw_each`` (see :class:`BatchedExamples`) training batches are drawn in one call.
     """
 
-    def __init__(self, config: Any, seed: int, draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
-                 ) -> None:
+    def __init__(self, config: Any, seed: int,
+                 draw: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+                 draw_each: DrawEach | None = None) -> None:
         super().__init__()
         self.config = config
         self.seed = seed
         self.draw = draw
+        self.draw_each = draw_each
         self.val_set: TokenDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -218,7 +240,11 @@ class GeneratedDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         sampler = FreshBatchSampler(self.config.train_sequences, self.config.batch_size, self.seed,
                                     *rank_and_world(self))
-        return own_generator_loader(ResumableLoader, IndexedExamples(self.draw, self.seed), batch_sampler=sampler)
+        if self.draw_each is None:
+            examples = IndexedExamples(self.draw, self.seed)
+        else:
+            examples = BatchedExamples(self.draw_each, self.seed)
+        return own_generator_loader(ResumableLoader, examples, batch_sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None

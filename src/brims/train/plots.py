@@ -59,7 +59,7 @@ SUMMARIES = {
     "adding": ("length", "mse", "sequence length", "test mean squared error", 1.0, "mse_by_length.png"),
     "lm": ("noise", "", "share of input tokens replaced at random", "", 1.0, "test_by_noise.png"),
 }
-LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse", "lm": "bpc"}
+LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse", "lm": "bpc", "video": "rollout_bce"}
 
 
 def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
@@ -89,6 +89,10 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
     """One line per run's ``metrics.json``: the task's test metric against its test condition
     (resolution, gap or length); dotted: the training condition."""
     task = runs[0].get("task", "seqimage")
+    if task == "video":
+        from brims.train.video_plots import plot_error_by_step
+
+        return plot_error_by_step(runs, path, title)
     key, metric, xlabel, ylabel, scale, _ = SUMMARIES[task]
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
     for metrics in runs:
@@ -116,6 +120,13 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
 
 def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
     """Top row of the activity figure: what the model read."""
+    if config.task == "video":  # the frames read, side by side (the later ones are the model's own)
+        frames = inputs[0, : config.data.teacher_frames].float().cpu()  # (k, S, S)
+        axes[0].imshow(torch.cat(list(frames), -1).numpy(), cmap="gray", interpolation="nearest")
+        axes[0].set_title(f"{caption}: the {len(frames)} teacher-forced frames", fontsize=9)
+        axes[0].axis("off")
+        axes[1].axis("off")
+        return
     if config.task == "lm":
         axes[0].set_title(f"validation text: {caption}", fontsize=9)
         axes[0].axis("off")
@@ -144,7 +155,7 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
     device = next(model.parameters()).device
     result = model(inputs.to(device), return_diagnostics=True)
     output, diagnostics = result[0], result[-1]  # a language model also returns its state
-    if config.task == "lm":
+    if config.task in ("lm", "video"):
         prediction = ""
     elif config.task == "adding":
         prediction = f"{float(output.flatten()[0]):.2f}"
@@ -153,7 +164,7 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
     else:
         prediction = str(int(output.argmax(-1)[0]))
     layers = len(diagnostics.active)
-    header = 0.25 if config.task == "lm" else 1.0  # a language model's input is one line of text
+    header = {"lm": 0.25, "video": 0.5}.get(config.task, 1.0)  # one line of text, one row of frames
     figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + header)), squeeze=False,
                                 gridspec_kw={"width_ratios": [3, 2], "height_ratios": [header] + [1] * layers})
     _draw_input(axes[0], config, inputs, caption, prediction)
@@ -182,9 +193,13 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
 def plot_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
     kind = config.model.core.kind
     title = f"{kind} on sequential {metrics['dataset']}" if config.task == "seqimage" else f"{kind} on {config.task}"
-    made = [
-        plot_learning_curves(run_dir, title, LEARNING_METRIC[config.task]),
-        plot_test_summary([metrics], run_dir / SUMMARIES[config.task][-1], title),
-        plot_module_activity(run_dir, config, task, model),
-    ]
+    if config.task == "video":
+        from brims.train.video_plots import plot_video_run
+
+        title = f"{kind} on {'bouncing balls' if metrics['dataset'] == 'balls' else 'Moving MNIST'}"
+        summary = plot_video_run(run_dir, config, task, model, metrics, title)
+    else:
+        summary = [plot_test_summary([metrics], run_dir / SUMMARIES[config.task][-1], title)]
+    made = [plot_learning_curves(run_dir, title, LEARNING_METRIC[config.task]), *summary,
+            plot_module_activity(run_dir, config, task, model)]
     return [path for path in made if path is not None]

@@ -8,7 +8,9 @@ figure. :func:`make_task` builds the one a config names.
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -24,8 +26,9 @@ from brims.tasks.language import LanguageModel, detach_state, move_state, state_
 from brims.tasks.seqimage import SequenceClassifier
 from brims.tasks.sequence_model import SequenceModel
 from brims.train.config import ExperimentConfig
-from brims.train.datamodule import GeneratedDataModule, SeqImageDataModule, TextDataModule, TextWindows
+from brims.train.datamodule import DrawEach, GeneratedDataModule, SeqImageDataModule, TextDataModule, TextWindows
 
+log = logging.getLogger(__name__)
 Batch = tuple[Tensor, Tensor]
 
 
@@ -319,6 +322,137 @@ class LanguageTask(Task):
         self.states[True] = state_from_plain(state.get("train_state"))
 
 
+@dataclass(frozen=True)
+class VideoCondition:
+    """A video test condition: objects per sequence, and whether the curtain hides its band."""
+
+    objects: int
+    curtain: bool
+
+    def name(self, dataset: str) -> str:
+        return f"{self.objects} {'balls' if dataset == 'balls' else 'digits'}" + (", curtain" if self.curtain else "")
+
+
+class VideoTask(Task):
+    """Next-frame prediction on generated videos: a teacher-forced prefix, then a closed-loop
+    rollout (:mod:`brims.tasks.video`). Reported per test condition: the binary cross-entropy
+    per frame (nats, summed over its pixels) at every predicted frame, and its means over the
+    teacher-forced and the rolled-out frames. Training and validation use the training count
+    of objects and no curtain; the test adds more objects and the curtain.
+    """
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        super().__init__(config)
+        self._digits: dict[str, Tensor] = {}
+
+    def digits(self, split: str) -> Tensor:
+        """Moving MNIST's digits ``(M, d, d)``: the training split's for training and validation,
+        the test split's for the test; read and verified once."""
+        from brims.data.images import load_image_split
+        from brims.data.moving_mnist import prepare_digits
+
+        if split not in self._digits:
+            images = load_image_split("mnist", split, self.config.data.data_dir).images
+            self._digits[split] = prepare_digits(images, self.config.data.digit_size)
+        return self._digits[split]
+
+    def conditions(self) -> list[VideoCondition]:
+        data = self.config.data
+        return ([VideoCondition(n, False) for n in data.all_objects]
+                + [VideoCondition(data.objects, True)] * bool(data.curtain))
+
+    @staticmethod
+    def seed_of(condition: VideoCondition) -> int:
+        """The test set's seed: the same sequences with and without the curtain."""
+        return TEST_SEED + condition.objects
+
+    def draw_each(self, objects: int, split: str) -> DrawEach:
+        """Sequence ``i`` from ``generators[i]``: ``(frames (N, T, S, S), targets (N, T-1, S, S))``."""
+        from brims.data.bouncing_balls import draw_balls
+        from brims.data.moving_mnist import draw_moving_digits
+
+        generator_config = self.config.data.generator_config(objects)
+
+        def draw(generators: list[torch.Generator]) -> Batch:
+            if self.config.data.dataset == "balls":
+                frames = draw_balls(generator_config, generators)
+            else:
+                frames = draw_moving_digits(generator_config, self.digits(split), generators)
+            return frames, frames[:, 1:]
+
+        return draw
+
+    def draw(self, objects: int, count: int, generator: torch.Generator, split: str = "test") -> Batch:
+        """``count`` sequences drawn one after another from ``generator``."""
+        return self.draw_each(objects, split)([generator] * count)
+
+    def build_model(self) -> nn.Module:
+        from brims.tasks.video import VideoPredictor
+
+        data, model = self.config.data, self.config.model
+        return VideoPredictor(model.core, data.frame_size, data.teacher_frames, model.embedding_size,
+                              model.conv_channels, model.conv_layers, model.frame_skip)
+
+    def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        from brims.tasks.video import bce_per_frame
+
+        frames, targets = batch
+        per_frame = bce_per_frame(model(frames), targets)  # (B, T-1)
+        rollout = per_frame[:, self.config.data.teacher_frames :]  # (B, T-1-k): fed on its own predictions
+        loss = per_frame.mean() / self.config.data.frame_size**2  # per pixel: the same scale at any frame size
+        return loss, {"bce": per_frame.detach().mean(), "rollout_bce": rollout.detach().mean()}
+
+    def datamodule(self) -> L.LightningDataModule:
+        draw_each = self.draw_each(self.config.data.objects, "train")
+        return GeneratedDataModule(self.config.data, self.config.train.seed,
+                                   lambda count, generator: draw_each([generator] * count), draw_each)
+
+    def check_data(self) -> None:
+        if self.config.data.dataset == "mnist":
+            self.digits("train")
+            self.digits("test")
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, progress: bool) -> dict[str, Any]:
+        from brims.tasks.video import bce_per_frame
+
+        data = self.config.data
+        model.eval()
+        results = {}
+        for condition in self.conditions():
+            generator = torch.Generator().manual_seed(self.seed_of(condition))
+            curtain = data.curtain_columns if condition.curtain else None
+            totals = torch.zeros(data.frames - 1, dtype=torch.float64)  # (T-1,)
+            intensity = 0.0  # sum of the rolled-out target pixels, for the constant baseline
+            name = condition.name(data.dataset)
+            for start in tqdm(range(0, data.test_sequences, data.eval_batch_size), desc=f"test {name}",
+                              disable=not progress, leave=False):
+                count = min(data.eval_batch_size, data.test_sequences - start)
+                frames, targets = self.draw(condition.objects, count, generator)
+                logits = model(frames.to(device), curtain=curtain)  # (b, T-1, S, S)
+                totals += bce_per_frame(logits, targets.to(device)).sum(0).double().cpu()
+                intensity += targets[:, data.teacher_frames :].double().sum().item()
+            per_step = totals / data.test_sequences  # (T-1,)
+            rollout = per_step[data.teacher_frames :]
+            pixels = data.test_sequences * len(rollout) * data.frame_size**2
+            mean = min(max(intensity / pixels, 1e-6), 1 - 1e-6)
+            constant = -(mean * math.log(mean) + (1 - mean) * math.log(1 - mean)) * data.frame_size**2
+            results[name] = {"objects": condition.objects, "curtain": condition.curtain,
+                             "sequences": data.test_sequences, "bce": float(per_step.mean()),
+                             "teacher_bce": float(per_step[: data.teacher_frames].mean()),
+                             "rollout_bce": float(rollout.mean()), "constant_bce": constant,
+                             "bce_per_step": [round(float(v), 4) for v in per_step]}
+            log.info("test %s: rollout BCE per frame %.2f", name, results[name]["rollout_bce"])
+        return {"condition": results, "frames": data.frames, "teacher_frames": data.teacher_frames,
+                "frame_size": data.frame_size, "curtain_columns": list(data.curtain_columns) if data.curtain else []}
+
+    def activity_input(self) -> tuple[Tensor, str]:
+        data = self.config.data
+        condition = VideoCondition(data.objects, False)
+        frames, _ = self.draw(data.objects, 1, torch.Generator().manual_seed(self.seed_of(condition)))
+        return frames, f"test sequence 0 of {condition.name(data.dataset)}"
+
+
 @torch.no_grad()
 def _evaluate_in_batches(model: nn.Module, task: Task, inputs: Tensor, targets: Tensor, batch_size: int,
                          device: torch.device, label: str, progress: bool) -> dict[str, float]:
@@ -335,7 +469,7 @@ def _evaluate_in_batches(model: nn.Module, task: Task, inputs: Tensor, targets: 
 
 
 TASKS: dict[str, type[Task]] = {"seqimage": SeqImageTask, "copying": CopyingTask, "adding": AddingTask,
-                                "lm": LanguageTask}
+                                "lm": LanguageTask, "video": VideoTask}
 
 
 def make_task(config: ExperimentConfig) -> Task:
