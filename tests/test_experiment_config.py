@@ -137,6 +137,7 @@ def test_malformed_override(assignment):
         (["data.batch_size=true"], "data.batch_size"),
         (["model.embedding_size=-1"], "model.embedding_size"),
         (["train.checkpoint_every=0"], "train.checkpoint_every"),
+        (["train.max_steps=100", "train.validate_every=200"], "train.validate_every"),
     ],
     ids=lambda v: v if isinstance(v, str) else " ".join(v),
 )

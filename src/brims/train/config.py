@@ -345,6 +345,9 @@ class TrainConfig:
                  f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
         _positive_int("train.checkpoint_every", self.checkpoint_every)
         _int_at_least("train.validate_every", self.validate_every, 0, " (0: once per epoch)")
+        _require(not (self.max_steps and self.validate_every > self.max_steps),
+                 f"train.validate_every={self.validate_every} exceeds train.max_steps={self.max_steps}: training "
+                 "would stop before its first validation and leave no best checkpoint to test")
         _int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
 
 
