@@ -12,19 +12,17 @@ from typing import Any
 from brims.rl.run import RETURN_WINDOW
 
 
-def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser, config_path: Path | None) -> int:
-    """``config_path`` None: ``args.config`` is a run folder to resume."""
-    import torch
-
+def run_train(args: argparse.Namespace, config_path: Path | None) -> int:
+    """``config_path`` None: ``args.config`` is a run folder to resume (checked by the caller)."""
     from brims.rl.config import load_rl_config
     from brims.rl.run import train
+    from brims.train.commands import run_dir_for
 
-    torch.set_flush_denormal(True)
     if config_path is None:
         run_dir, config = Path(args.config), None
     else:
         config = load_rl_config(config_path, args.set)
-        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / f"{config_path.stem}-{config.model.core.kind}"
+        run_dir = run_dir_for(args, config_path, config.model.core.kind)
     metrics = train(run_dir, config, progress=not args.no_progress)
     print(format_table([metrics]))
     print(f"run folder: {run_dir}")

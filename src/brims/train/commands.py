@@ -99,35 +99,39 @@ def run_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import torch
 
+    from brims.rl.config import task_of
     from brims.train.config import load_config
     from brims.train.run import CONFIG_FILE, train
 
-    from brims.rl.config import task_of
-
     source = Path(args.config)
-    if task_of(source if source.is_dir() else resolve_config(args.config)) == "rl":
-        if source.is_dir() and args.set:
-            parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
-        from brims.rl.commands import run_train as run_rl_train
-
-        return run_rl_train(args, parser, None if source.is_dir() else resolve_config(args.config))
-    torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
     if source.is_dir():
         if args.set:
             parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
         if not (source / CONFIG_FILE).is_file():
             parser.error(f"{source} is a folder without {CONFIG_FILE}: not a run folder")
-        run_dir, config = source, None
+        path = None
     else:
         path = resolve_config(args.config)
+    torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
+    if task_of(source if path is None else path) == "rl":
+        from brims.rl.commands import run_train as run_rl_train
+
+        return run_rl_train(args, path)
+    if path is None:
+        run_dir, config = source, None
+    else:
         config = load_config(path, args.set)
-        default_name = f"{path.stem}-{config.model.core.kind}"
-        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / default_name
+        run_dir = run_dir_for(args, path, config.model.core.kind)
     metrics = train(run_dir, config, progress=not args.no_progress)
     if metrics is not None:
         print(format_table([metrics]))
         print(f"run folder: {run_dir}")
     return 0
+
+
+def run_dir_for(args: argparse.Namespace, config_path: Path, kind: str) -> Path:
+    """``--run-dir``, or ``runs/<config name>-<model kind>``."""
+    return Path(args.run_dir) if args.run_dir else Path("runs") / f"{config_path.stem}-{kind}"
 
 
 def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
