@@ -242,6 +242,22 @@ def test_cell_reset_wrong_shape(model):
         model.cell(x, reset=torch.zeros(2, 1, dtype=torch.bool))
 
 
+@pytest.mark.parametrize("value", [0, -1, 2.0, True])
+def test_compile_step_refuses_a_bad_steps_per_call(value):
+    model = build(make_config("lstm", 1))
+    with pytest.raises(ValueError, match=re.escape(f"steps_per_call must be a positive int, got {value!r}")):
+        model.compile_step(steps_per_call=value, backend="eager")
+    assert model.steps_per_call == 4  # unchanged
+
+
+@pytest.mark.parametrize("value", [0, 2.0, None])
+def test_forward_refuses_a_bad_steps_per_call(value):
+    model = build(make_config("lstm", 1))
+    model.steps_per_call = value
+    with pytest.raises(ValueError, match=re.escape(f"steps_per_call must be a positive int, got {value!r}")):
+        model(x_of(model))
+
+
 def test_errors_leave_model_usable(model):
     """A rejected call does not leave half-done state behind: the next good call is unaffected."""
     x = x_of(model)

@@ -385,3 +385,17 @@ def test_ties_in_the_null_score_go_to_the_lower_module_index():
     _, _, diagnostics = build(config)(random_input(config, 1, 3), return_diagnostics=True)
     for active, k in zip(diagnostics.active, config.top_k):
         assert active[0].tolist() == [[i < k for i in range(active.shape[-1])]] * 3
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 5])
+def test_the_top_k_choice_equals_a_stable_sort_of_the_null_score(k):
+    """The pairwise ranking picks what a stable sort's first k would, ties and all."""
+    from brims.layer import select_top_k
+
+    generator = torch.Generator().manual_seed(k)
+    null_score = torch.randint(0, 4, (6, 50), generator=generator).float() / 4  # (n, B), many ties
+    expected = torch.zeros_like(null_score, dtype=torch.bool)
+    expected.scatter_(0, torch.sort(null_score, dim=0, stable=True).indices[:k], True)
+    chosen = select_top_k(null_score, k)
+    assert torch.equal(chosen, expected)
+    assert (chosen.sum(dim=0) == k).all()

@@ -46,12 +46,14 @@ def leaf_input(config: BRIMsConfig, model: BRIMs):
     return x, BRIMsState(h, c)
 
 
+@pytest.mark.parametrize("steps_per_call", [1, 3], ids=["1step", "3steps"])  # 3: chunks of 3 and 1
 @pytest.mark.parametrize("diagnostics", [False, True], ids=["nodiag", "diag"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3], ids=["nodrop", "drop"])
 @pytest.mark.parametrize("combo", ALL_COMBOS)
-def test_sequence_backward_equals_autograd(combo, dropout, diagnostics):
+def test_sequence_backward_equals_autograd(combo, dropout, diagnostics, steps_per_call):
     config = make_config(*combo, attention_dropout=dropout)
     model = build(config, train=True)
+    model.steps_per_call = steps_per_call
     x, state = leaf_input(config, model)
     fast, fast_grads, fast_output = run(model, x, state, diagnostics, fast=True)
     assert type(fast_output.grad_fn).__name__ == "SequenceFunctionBackward"

@@ -189,7 +189,7 @@ def communicate(
     probs = (queries.unsqueeze(1) * keys).sum(dim=-1).softmax(dim=1)  # (n_i, n_j, B, H)
     weights = probs if dropout_mask is None else probs * dropout_mask
     read = (weights.unsqueeze(-1) * values).sum(dim=1).view(n, batch, -1)  # (n, B, H*V)
-    update, gate = torch.baddbmm(out_bias.unsqueeze(1), read, out_weight).chunk(2, dim=-1)  # (n, B, m) x2
+    update, gate = (torch.bmm(read, out_weight) + out_bias.unsqueeze(1)).chunk(2, dim=-1)  # (n, B, m) x2
     gate, update = gate.sigmoid(), update.tanh()
     return gate * update, CommSaved(qkv, probs, read, gate, update)
 

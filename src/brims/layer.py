@@ -74,15 +74,23 @@ class StepGrads(NamedTuple):
 def select_top_k(null_score: Tensor, k: int) -> Tensor:
     """Bool mask ``(n, B)``: per example, the ``k`` modules that attend least to null.
 
-    A hard choice: no gradient flows through it. Ties go to the lower module index on every
-    device (a stable sort; ``topk`` breaks ties differently on CPU and CUDA, and a zero state
-    makes every module's null score equal at the first step).
+    A hard choice: no gradient flows through it. A module's rank is the number of modules that
+    beat it (a lower score, or an equal score and a lower index); the ``k`` ranked first are
+    active. Ties thus go to the lower module index on every device (``topk`` breaks ties
+    differently on CPU and CUDA, and a zero state makes every module's null score equal at the
+    first step). Comparing all pairs costs ``n^2 B`` comparisons, nothing for a handful of
+    modules, and compiles into one fused kernel where a sort and a scatter would be two library
+    calls per step.
     """
     n = null_score.shape[0]
     if k == n:
         return torch.ones_like(null_score, dtype=torch.bool)
-    chosen = torch.sort(null_score.detach(), dim=0, stable=True).indices[:k]  # (k, B)
-    return torch.zeros_like(null_score, dtype=torch.bool).scatter_(0, chosen, True)
+    score = null_score.detach()
+    other, this = score.unsqueeze(1), score.unsqueeze(0)  # (n_other, 1, B), (1, n_this, B)
+    index = torch.arange(n, device=score.device)
+    earlier = (index.unsqueeze(1) < index.unsqueeze(0)).unsqueeze(-1)  # (n_other, n_this, 1)
+    beaten_by = (other < this) | ((other == this) & earlier)  # (n_other, n_this, B)
+    return beaten_by.sum(dim=0) < k  # (n, B)
 
 
 class BRIMsLayer(nn.Module):
@@ -157,7 +165,8 @@ class BRIMsLayer(nn.Module):
         attention = self.input_attention
         n, batch, _ = h.shape
         key_width = attention.heads * attention.key_size
-        hidden = torch.baddbmm(weights.hidden_bias, h, weights.hidden_weight)  # (n, B, G + H*D)
+        # bmm, then add: a compiled step fuses the add into the next kernel, where baddbmm first copies the bias.
+        hidden = torch.bmm(h, weights.hidden_weight) + weights.hidden_bias  # (n, B, G + H*D)
         hidden_gates, queries = hidden.split([hidden.shape[-1] - key_width, key_width], dim=-1)
         queries = queries.view(n, batch, attention.heads, attention.key_size)  # (n, B, H, D)
         attended, input_attention, probs = attend_slots(queries, slots, key_width, input_dropout)  # (n, B, A)

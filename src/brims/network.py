@@ -14,7 +14,7 @@ layer below (top-down, next step).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -23,9 +23,20 @@ from torch import Tensor, nn
 
 from brims.config import BRIMsConfig
 from brims.layer import BRIMsLayer, LayerWeights, StepGrads, StepSaved
-from brims.sequence import SUPPORTED_DTYPES, SequenceFunction, StepFunctions, flatten_weights
+from brims.sequence import (
+    SUPPORTED_DTYPES,
+    SequenceFunction,
+    StepFunctions,
+    advance_chunk,
+    backward_chunk,
+    flatten_weights,
+    forward_chunk,
+    run_steps,
+)
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_STEPS_PER_CALL = 4  # measured on a 2-core CPU, released sMNIST configuration (README, Speed)
 
 
 class BRIMsState(NamedTuple):
@@ -188,12 +199,18 @@ class BRIMsCell(nn.Module):
             projections.append(torch.cat(parts, dim=0) if parts else None)
         return NetworkWeights(tuple(layer.prepare() for layer in self.layers), tuple(projections))
 
-    def _initial_top_down(self, state_h: Sequence[Tensor]) -> list[Tensor | None]:
-        """Top-down slot of each layer at the first step: layer l+1's given state, projected."""
-        top_down: list[Tensor | None] = []
-        for index, layer in enumerate(self.layers):
-            projection = layer.input_attention.top_down
-            top_down.append(None if projection is None else F.linear(state_h[index + 1], projection.weight))
+    def _initial_top_down(self, weights: NetworkWeights, state_h: Sequence[Tensor]) -> list[Tensor | None]:
+        """Top-down slot of each layer at the first step: layer l+1's given state, projected.
+
+        Through the same matmul and split as inside a step, so that it has the values and the
+        memory layout of the slot a step hands to the next (a compiled step is specialised on
+        its inputs' strides and would otherwise compile twice).
+        """
+        top_down: list[Tensor | None] = [None] * len(self.layers)
+        for index, (upper, lower) in enumerate(self._projection_splits):
+            if lower:
+                projected = F.linear(state_h[index], weights.state_projections[index])  # (B, P_{l+1} + P_{l-1})
+                top_down[index - 1] = projected.split((upper, lower), dim=-1)[1]
         return top_down
 
     def _dropout_masks(self, steps: int, batch: int, like: Tensor) -> list[StepDropout] | None:
@@ -283,7 +300,6 @@ class BRIMsCell(nn.Module):
         weights: NetworkWeights,
         saved: Sequence[StepSaved],
         slots: Sequence[Tensor],
-        dense: Sequence[Tensor | None],
         h: Sequence[Tensor],
         c: Sequence[Tensor],
         dropout: StepDropout | None,
@@ -295,7 +311,7 @@ class BRIMsCell(nn.Module):
     ) -> tuple[Any, ...]:
         """Gradients of one :meth:`advance_saving` step, layers top to bottom.
 
-        ``saved, slots, dense`` come from that step's forward, ``h, c`` were its input state.
+        ``saved, slots`` come from that step's forward, ``h, c`` were its input state.
         ``d_output (B, hidden_L)`` is the gradient of the step's output; ``dh, dc`` (per layer
         ``(n_l, B, m_l)``; ``dc`` None for GRU) of its new state; ``d_top_down`` (per layer
         ``(B, P_l)`` or None) of the top-down slots it produced, which the next step read;
@@ -349,8 +365,10 @@ class BRIMsCell(nn.Module):
         state: BRIMsState | None,
         return_diagnostics: bool,
         steps: StepFunctions | None = None,
+        steps_per_call: int = 1,
     ) -> tuple[Tensor, BRIMsState, BRIMsDiagnostics | None]:
-        """Run ``x (T, B, F)`` from ``state``; ``steps`` replaces the step functions (e.g. compiled).
+        """Run ``x (T, B, F)`` from ``state``; ``steps`` replaces the step functions (e.g. compiled),
+        each call of which runs ``steps_per_call`` consecutive steps.
 
         When a gradient is wanted and :meth:`uses_sequence_backward` allows, the time loop is one
         :class:`SequenceFunction` node (hand-written backward, time-batched weight gradients);
@@ -361,7 +379,7 @@ class BRIMsCell(nn.Module):
         state = self.check_state(state, batch, x)
         weights = self.prepare()
         h, c = self._to_modules(state.h), self._to_modules(state.c)
-        top_down = self._initial_top_down(state.h)
+        top_down = self._initial_top_down(weights, state.h)
         x_slots = F.linear(x, self.layers[0].input_attention.bottom_up.weight)  # (T, B, P_0), whole sequence
         dropout = self._dropout_masks(num_steps, batch, x)
         if self.uses_sequence_backward(x, weights, h, c, top_down):
@@ -369,6 +387,7 @@ class BRIMsCell(nn.Module):
             results = SequenceFunction.apply(
                 self,
                 steps,
+                steps_per_call,
                 dropout,
                 return_diagnostics,
                 x_slots,
@@ -383,7 +402,7 @@ class BRIMsCell(nn.Module):
             actives, attentions = list(rest[:num_layers]), list(rest[num_layers:])
         else:
             output, h, c, actives, attentions = run_steps(
-                steps.advance, weights, x_slots, h, c, top_down, dropout, return_diagnostics
+                steps.advance, weights, x_slots, h, c, top_down, dropout, return_diagnostics, steps_per_call
             )
         final = BRIMsState(tuple(self._to_dense(t) for t in h), tuple(self._to_dense(t) for t in c))
         diagnostics = None
@@ -396,7 +415,22 @@ class BRIMsCell(nn.Module):
 
     def step_functions(self) -> StepFunctions:
         """The plain (uncompiled) step functions."""
-        return StepFunctions(self.advance, self.advance_saving, self.backward_step)
+        return StepFunctions(self.advance_chunk, self.forward_chunk, self.backward_chunk)
+
+    # Methods, not partials of the functions: torch.compile caches and counts recompilations per
+    # code object, and every partial shares one wrapper's.
+
+    def advance_chunk(self, *args: Any) -> tuple[Any, ...]:
+        """:func:`brims.sequence.advance_chunk` of this cell."""
+        return advance_chunk(self, *args)
+
+    def forward_chunk(self, *args: Any) -> tuple[Any, ...]:
+        """:func:`brims.sequence.forward_chunk` of this cell."""
+        return forward_chunk(self, *args)
+
+    def backward_chunk(self, *args: Any) -> tuple[Any, ...]:
+        """:func:`brims.sequence.backward_chunk` of this cell."""
+        return backward_chunk(self, *args)
 
     def uses_sequence_backward(
         self,
@@ -448,36 +482,6 @@ class BRIMsCell(nn.Module):
         return output[0], state, BRIMsDiagnostics(*(tuple(t[0] for t in part) for part in diagnostics))
 
 
-def run_steps(
-    step: Callable[..., Any],
-    weights: NetworkWeights,
-    x_slots: Tensor,
-    h: list[Tensor],
-    c: list[Tensor],
-    top_down: list[Tensor | None],
-    dropout: list[StepDropout] | None,
-    return_diagnostics: bool,
-) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
-    """The time loop, one ``step`` (:meth:`BRIMsCell.advance`) per time step.
-
-    Returns the top layer's output ``(T, B, hidden_L)``, the final ``h`` and ``c`` (module
-    layout) and, with diagnostics, per layer the active masks ``(T, n, B)`` and attention
-    ``(T, n, B, 1 + S)``.
-    """
-    outputs, actives, attentions = [], [], []
-    for t, x_t in enumerate(x_slots.unbind(0)):  # unbind, not x[t]: indexing makes backward O(T^2)
-        h, c, top_down, output, active, attention = step(
-            weights, x_t, h, c, top_down, None if dropout is None else dropout[t]
-        )
-        outputs.append(output)
-        if return_diagnostics:
-            actives.append(active)
-            attentions.append(attention)
-    stacked_actives = [torch.stack(a) for a in zip(*actives)]
-    stacked_attentions = [torch.stack(a) for a in zip(*attentions)]
-    return torch.stack(outputs), h, c, stacked_actives, stacked_attentions  # (T, B, hidden_L)
-
-
 class BRIMs(nn.Module):
     """Bidirectional Recurrent Independent Mechanisms (Mittal et al., ICML 2020), like ``nn.LSTM``.
 
@@ -526,6 +530,10 @@ class BRIMs(nn.Module):
         )
         self.config = config
         self.cell = BRIMsCell(config)
+        # Time steps per call of the step functions. Larger amortises each call's overhead and
+        # batches more rows into each weight-gradient matmul; a compiled call is a graph of this
+        # many steps, so compiling takes about as many times longer.
+        self.steps_per_call = DEFAULT_STEPS_PER_CALL
         self._compile_options: dict[str, Any] | None = None  # set by compile_step()
         self._compiled: dict[str, StepFunctions] = {}  # by device type
 
@@ -538,14 +546,16 @@ class BRIMs(nn.Module):
     ) -> BRIMsState:
         return self.cell.init_state(batch_size, device, dtype)
 
-    def compile_step(self, **compile_options: Any) -> BRIMs:
-        """Run each time step through ``torch.compile(**compile_options)``; returns ``self``.
+    def compile_step(self, steps_per_call: int | None = None, **compile_options: Any) -> BRIMs:
+        """Run the time steps through ``torch.compile(**compile_options)``; returns ``self``.
 
-        The time loop stays in Python, so compilation costs one step's graph, not T of them:
-        the plain step, and for training the forward and hand-written backward step of
-        :class:`~brims.sequence.SequenceFunction` (each compiled at its first use). The step is
-        compiled separately for each device type it runs on, with inductor defaults chosen per
-        device unless ``options`` says otherwise:
+        The time loop stays in Python and calls a compiled chunk of ``steps_per_call``
+        consecutive steps (default: the model's :attr:`steps_per_call`, 4), so compilation
+        costs a graph of a few steps, not of T: the plain chunk, and for training the forward
+        and hand-written backward chunk of :class:`~brims.sequence.SequenceFunction` (each
+        compiled at its first use; a shorter last chunk, when T is not a multiple, compiles once
+        more). The chunk is compiled separately for each device type it runs on, with inductor
+        defaults chosen per device unless ``options`` says otherwise:
 
         - CPU: a C++ wrapper (``cpp_wrapper=True``). A step is many small kernels, and calling
           them from the default Python wrapper cost a quarter of a CPU training step.
@@ -554,6 +564,9 @@ class BRIMs(nn.Module):
           (inductor's ``pad_mm`` pass benchmarks a matmul with its pre-autocast dtypes and fails
           under mixed precision in torch 2.11; our matmuls are too small to gain from padding).
         """
+        if steps_per_call is not None:
+            check_steps_per_call(steps_per_call)
+            self.steps_per_call = steps_per_call
         self._compile_options = dict(compile_options)
         self._compiled = {}
         self._steps_for(self.cell.layers[0].cell.weight_hh.device)  # bad options fail here, not mid-run
@@ -581,9 +594,12 @@ class BRIMs(nn.Module):
     ) -> tuple[Tensor, BRIMsState] | tuple[Tensor, BRIMsState, BRIMsDiagnostics]:
         layout = "(B, T, input_size)" if self.config.batch_first else "(T, B, input_size)"
         x = self.cell.check_input(x, 3, layout)
+        check_steps_per_call(self.steps_per_call)
         if self.config.batch_first:
             x = x.transpose(0, 1)
-        output, state, diagnostics = self.cell.unroll(x, state, return_diagnostics, self._steps_for(x.device))
+        output, state, diagnostics = self.cell.unroll(
+            x, state, return_diagnostics, self._steps_for(x.device), self.steps_per_call
+        )
         if self.config.batch_first:
             output = output.transpose(0, 1)
             if diagnostics is not None:
@@ -591,6 +607,11 @@ class BRIMs(nn.Module):
         if diagnostics is None:
             return output, state
         return output, state, diagnostics
+
+
+def check_steps_per_call(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"steps_per_call must be a positive int, got {value!r}")
 
 
 class RIMs(BRIMs):

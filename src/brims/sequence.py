@@ -38,11 +38,12 @@ _WEIGHTS_PER_LAYER = len(LayerWeights._fields)
 
 
 class StepFunctions(NamedTuple):
-    """The per-step functions the time loop calls (plain methods, or their ``torch.compile``)."""
+    """The functions the time loop calls, each running a chunk of consecutive steps (plain, or
+    their ``torch.compile``); see :func:`advance_chunk`, :func:`forward_chunk`, :func:`backward_chunk`."""
 
-    advance: Callable[..., Any]  # BRIMsCell.advance: autograd-recorded or no-grad steps
-    forward: Callable[..., Any]  # BRIMsCell.advance_saving: the forward of SequenceFunction
-    backward: Callable[..., Any]  # BRIMsCell.backward_step
+    advance: Callable[..., Any]  # advance_chunk: autograd-recorded or no-grad steps
+    forward: Callable[..., Any]  # forward_chunk: the forward of SequenceFunction
+    backward: Callable[..., Any]  # backward_chunk
 
 
 def flatten_weights(weights: NetworkWeights) -> list[Tensor | None]:
@@ -57,13 +58,231 @@ def unflatten_weights(flat: Sequence[Tensor | None], num_layers: int) -> Network
     return NetworkWeights(layers, tuple(flat[num_layers * per_layer :]))
 
 
+def chunks(num_steps: int, steps_per_call: int) -> list[range]:
+    """The time steps split into consecutive chunks of ``steps_per_call`` (the last may be shorter)."""
+    return [range(start, min(start + steps_per_call, num_steps)) for start in range(0, num_steps, steps_per_call)]
+
+
+def advance_chunk(
+    cell: BRIMsCell,
+    weights: NetworkWeights,
+    x_steps: tuple[Tensor, ...],
+    h: list[Tensor],
+    c: list[Tensor],
+    top_down: list[Tensor | None],
+    dropout_steps: tuple[StepDropout, ...] | None,
+    return_diagnostics: bool,
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor | None], list[Tensor], list[Tensor]]:
+    """``K = len(x_steps)`` steps of :meth:`BRIMsCell.advance` from the projected inputs ``(B, P_0)``.
+
+    Returns the top layer's output ``(K, B, hidden_L)``, the new ``h, c`` and top-down slots,
+    and with diagnostics per layer the active masks ``(K, n, B)`` and attention ``(K, n, B, 1 + S)``.
+    """
+    outputs, actives, attentions = [], [], []
+    for t, x_t in enumerate(x_steps):
+        h, c, top_down, output, active, attention = cell.advance(
+            weights, x_t, h, c, top_down, None if dropout_steps is None else dropout_steps[t]
+        )
+        outputs.append(output)
+        if return_diagnostics:
+            actives.append(active)
+            attentions.append(attention)
+    stacked_actives = [torch.stack(a) for a in zip(*actives)]
+    stacked_attentions = [torch.stack(a) for a in zip(*attentions)]
+    return torch.stack(outputs), h, c, top_down, stacked_actives, stacked_attentions
+
+
+def run_steps(
+    advance: Callable[..., Any],
+    weights: NetworkWeights,
+    x_slots: Tensor,
+    h: list[Tensor],
+    c: list[Tensor],
+    top_down: list[Tensor | None],
+    dropout: list[StepDropout] | None,
+    return_diagnostics: bool,
+    steps_per_call: int,
+) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """The time loop without saving: ``advance`` (:func:`advance_chunk`) per chunk of steps.
+
+    Returns the top layer's output ``(T, B, hidden_L)``, the final ``h`` and ``c`` (module
+    layout) and, with diagnostics, per layer the active masks ``(T, n, B)`` and attention
+    ``(T, n, B, 1 + S)``.
+    """
+    x_steps = x_slots.unbind(0)  # unbind, not x[t]: indexing makes backward O(T^2)
+    outputs, actives, attentions = [], [], []
+    for steps in chunks(len(x_steps), steps_per_call):
+        output, h, c, top_down, active, attention = advance(
+            weights,
+            x_steps[steps.start : steps.stop],
+            h,
+            c,
+            top_down,
+            None if dropout is None else tuple(dropout[steps.start : steps.stop]),
+            return_diagnostics,
+        )
+        outputs.append(output)
+        actives.append(active)
+        attentions.append(attention)
+    stacked_actives = [torch.cat(a) for a in zip(*actives)]
+    stacked_attentions = [torch.cat(a) for a in zip(*attentions)]
+    return torch.cat(outputs), h, c, stacked_actives, stacked_attentions
+
+
+class ChunkSaved(NamedTuple):
+    """What :func:`backward_chunk` needs from the forward of ``K`` steps.
+
+    The inputs of the weight gradients hold the ``K`` steps side by side on the batch axis, so
+    that each weight's gradient over the chunk is one matmul with ``K * B`` rows
+    (``X^T dY``) rather than ``K`` accumulations into the full-size gradient.
+    """
+
+    steps: tuple[Any, ...]  # per step: per-layer StepSaved (weight-gradient inputs dropped), slots, c (LSTM) or None
+    state: tuple[Tensor, ...]  # per layer (n, K*B, m): h entering each step
+    attended: tuple[Tensor, ...]  # per layer (n, K*B, A): the cell's input
+    comm_input: tuple[Tensor | None, ...]  # per layer (n, K*B, m): what communication read (h̃)
+    comm_read: tuple[Tensor | None, ...]  # per layer (n, K*B, Hc*Vc): communication's result, before W^O
+    dense: tuple[Tensor | None, ...]  # per layer (K*B, hidden_l): the state its projection read, or None
+
+
+def _without_weight_inputs(saved: StepSaved) -> StepSaved:
+    """Drop what :class:`ChunkSaved` keeps side by side (the backward step does not read it)."""
+    comm = None if saved.comm is None else saved.comm._replace(read=None)
+    return saved._replace(attended=None, h_read=None, comm=comm)
+
+
+def _side_by_side(tensors: Sequence[Tensor | None], dim: int) -> Tensor | None:
+    return None if tensors[0] is None else torch.cat(list(tensors), dim=dim)
+
+
+def forward_chunk(
+    cell: BRIMsCell,
+    weights: NetworkWeights,
+    x_steps: tuple[Tensor, ...],
+    h: list[Tensor],
+    c: list[Tensor],
+    top_down: list[Tensor | None],
+    dropout_steps: tuple[StepDropout, ...] | None,
+    return_diagnostics: bool,
+) -> tuple[Any, ...]:
+    """:func:`advance_chunk` through :meth:`BRIMsCell.advance_saving`, also returning the :class:`ChunkSaved`."""
+    is_gru = cell.config.cell == "gru"
+    states, per_step, outputs, actives, attentions, all_saved, all_dense = [], [], [], [], [], [], []
+    for t, x_t in enumerate(x_steps):
+        states.append(h)
+        c_before = None if is_gru else tuple(c)
+        h, c, top_down, output, active, attention, saved, slots, dense = cell.advance_saving(
+            weights, x_t, h, c, top_down, None if dropout_steps is None else dropout_steps[t]
+        )
+        per_step.append((tuple(_without_weight_inputs(s) for s in saved), tuple(slots), c_before))
+        all_saved.append(saved)
+        all_dense.append(dense)
+        outputs.append(output)
+        if return_diagnostics:
+            actives.append(active)
+            attentions.append(attention)
+    by_layer = list(zip(*all_saved))  # per layer, the K steps' StepSaved
+    chunk = ChunkSaved(
+        tuple(per_step),
+        tuple(torch.cat(layer_states, dim=1) for layer_states in zip(*states)),
+        tuple(torch.cat([s.attended for s in layer], dim=1) for layer in by_layer),
+        tuple(_side_by_side([s.h_read for s in layer], dim=1) for layer in by_layer),
+        tuple(_side_by_side([None if s.comm is None else s.comm.read for s in layer], dim=1) for layer in by_layer),
+        tuple(_side_by_side(layer_dense, dim=0) for layer_dense in zip(*all_dense)),
+    )
+    stacked_actives = [torch.stack(a) for a in zip(*actives)]
+    stacked_attentions = [torch.stack(a) for a in zip(*attentions)]
+    return h, c, top_down, torch.stack(outputs), stacked_actives, stacked_attentions, chunk
+
+
+def backward_chunk(
+    cell: BRIMsCell,
+    weights: NetworkWeights,
+    chunk: ChunkSaved,
+    dropout_steps: tuple[StepDropout, ...] | None,
+    d_outputs: tuple[Tensor, ...],
+    dh: list[Tensor],
+    dc: list[Tensor | None],
+    d_top_down: list[Tensor | None],
+    d_attention_steps: tuple[list[Tensor], ...] | None,
+) -> tuple[Any, ...]:
+    """Gradients of one :func:`forward_chunk`: :meth:`BRIMsCell.backward_step` for its steps in
+    reverse, then the chunk's weight gradients.
+
+    ``d_outputs`` holds the gradient of each step's output ``(B, hidden_L)``; ``dh, dc,
+    d_top_down`` are those of the chunk's final state and top-down slots. Returns them for the
+    chunk's initial state, the gradient of its inputs ``(K, B, P_0)`` and the weight gradients
+    (in the order of :func:`flatten_weights`, None where a weight is absent).
+    """
+    batch = d_outputs[0].shape[0]
+    num_steps = len(chunk.steps)
+    step_grads: list[Any] = [None] * num_steps
+    projection_grads: list[Any] = [None] * num_steps
+    d_inputs: list[Any] = [None] * num_steps
+    for t in reversed(range(num_steps)):
+        saved, slots, c_before = chunk.steps[t]
+        h_before = [state[:, t * batch : (t + 1) * batch] for state in chunk.state]  # (n, B, m) per layer
+        dh, dc, d_top_down, d_inputs[t], step_grads[t], projection_grads[t] = cell.backward_step(
+            weights,
+            saved,
+            slots,
+            h_before,
+            h_before if c_before is None else c_before,
+            None if dropout_steps is None else dropout_steps[t],
+            d_outputs[t],
+            dh,
+            dc,
+            d_top_down,
+            None if d_attention_steps is None else d_attention_steps[t],
+        )
+    return dh, dc, d_top_down, torch.stack(d_inputs), _chunk_weight_grads(weights, chunk, step_grads, projection_grads)
+
+
+def _chunk_weight_grads(
+    weights: NetworkWeights,
+    chunk: ChunkSaved,
+    step_grads: Sequence[Sequence[StepGrads]],
+    projection_grads: Sequence[Sequence[Tensor | None]],
+) -> list[Tensor | None]:
+    """``Σ_t x_t^T dy_t`` over the chunk for every weight, as one ``(n, in, K*B) x (n, K*B, out)``
+    matmul each (in the order of :func:`flatten_weights`)."""
+    grads: list[Tensor | None] = []
+    for index, layer_weights in enumerate(weights.layers):
+        layer_grads = [step[index] for step in step_grads]
+        d_hidden = torch.cat([g.hidden for g in layer_grads], dim=1)  # (n, K*B, G + H*D)
+        d_cell_input = torch.cat([g.cell_input for g in layer_grads], dim=1)  # (n, K*B, G)
+        comm_qkv = comm_out_weight = comm_out_bias = None
+        if layer_weights.comm_qkv is not None:
+            d_qkv = torch.cat([g.comm_qkv for g in layer_grads], dim=1)  # (n, K*B, Hc(2Dc + Vc))
+            d_out = torch.cat([g.comm_out for g in layer_grads], dim=1)  # (n, K*B, 2m)
+            comm_qkv = torch.bmm(chunk.comm_input[index].transpose(1, 2), d_qkv)  # (n, m, Hc(2Dc + Vc))
+            comm_out_weight = torch.bmm(chunk.comm_read[index].transpose(1, 2), d_out)  # (n, HcVc, 2m)
+            comm_out_bias = d_out.sum(dim=1)  # (n, 2m)
+        grads += [
+            torch.bmm(chunk.state[index].transpose(1, 2), d_hidden),  # (n, m, G + H*D)
+            d_hidden.sum(dim=1, keepdim=True),  # (n, 1, G + H*D)
+            comm_qkv,
+            comm_out_weight,
+            comm_out_bias,
+            torch.bmm(chunk.attended[index].transpose(1, 2), d_cell_input),  # (n, A, G)
+            None if layer_weights.input_bias is None else d_cell_input.sum(dim=1),  # (n, G)
+        ]
+    for index, dense in enumerate(chunk.dense):
+        if dense is None:
+            grads.append(None)
+            continue
+        d_projected = torch.cat([step[index] for step in projection_grads], dim=0)  # (K*B, P)
+        grads.append(d_projected.t() @ dense)  # (P, hidden)
+    return grads
+
+
 class SequenceFunction(torch.autograd.Function):
     """Outputs of :meth:`BRIMsCell.unroll` as one node.
 
-    Inputs: the cell, its :class:`StepFunctions`, the dropout masks of every step,
-    ``return_diagnostics``, the bottom layer's projected input ``(T, B, P_0)``, and flat lists
-    (one entry per layer) of the initial ``h``, ``c`` (None for GRU), top-down slot (None where
-    absent), then the folded weights (:func:`flatten_weights`).
+    Inputs: the cell, its :class:`StepFunctions`, the number of steps per call, the dropout
+    masks of every step, ``return_diagnostics``, the bottom layer's projected input
+    ``(T, B, P_0)``, and flat lists (one entry per layer) of the initial ``h``, ``c`` (None for
+    GRU), top-down slot (None where absent), then the folded weights (:func:`flatten_weights`).
     Outputs: the top layer's ``h`` at every step ``(T, B, hidden_L)``; per layer the final ``h``
     and (LSTM) ``c`` in module layout ``(n, B, m)``; with diagnostics, per layer the active
     masks ``(T, n, B)`` and attention ``(T, n, B, 1 + S)``.
@@ -74,6 +293,7 @@ class SequenceFunction(torch.autograd.Function):
         ctx: Any,
         cell: BRIMsCell,
         steps: StepFunctions,
+        steps_per_call: int,
         dropout: list[StepDropout] | None,
         return_diagnostics: bool,
         x_slots: Tensor,
@@ -85,31 +305,37 @@ class SequenceFunction(torch.autograd.Function):
         c = h if is_gru else list(flat[num_layers : 2 * num_layers])
         top_down = list(flat[2 * num_layers : 3 * num_layers])
         weights = unflatten_weights(flat[3 * num_layers :], num_layers)
-        states, per_step, outputs, actives, attentions = [(h, c)], [], [], [], []
-        for t, x_t in enumerate(x_slots.unbind(0)):
-            h, c, top_down, output, active, attention, saved, slots, dense = steps.forward(
-                weights, x_t, h, c, top_down, None if dropout is None else dropout[t]
+        x_steps = x_slots.unbind(0)
+        saved_chunks, outputs, actives, attentions = [], [], [], []
+        for chunk_steps in chunks(len(x_steps), steps_per_call):
+            h, c, top_down, output, active, attention, saved = steps.forward(
+                weights,
+                x_steps[chunk_steps.start : chunk_steps.stop],
+                h,
+                c,
+                top_down,
+                None if dropout is None else tuple(dropout[chunk_steps.start : chunk_steps.stop]),
+                return_diagnostics,
             )
-            states.append((h, c))
-            per_step.append((saved, slots, dense))
+            saved_chunks.append(saved)
             outputs.append(output)
-            if return_diagnostics:
-                actives.append(active)
-                attentions.append(attention)
+            actives.append(active)
+            attentions.append(attention)
         ctx.cell, ctx.steps, ctx.dropout, ctx.return_diagnostics = cell, steps, dropout, return_diagnostics
+        ctx.steps_per_call = steps_per_call
         # Everything goes through save_for_backward: changing an input in place before backward
         # raises, and autograd frees the activations after backward unless the graph is retained.
-        activations, ctx.activations_spec = tree_flatten((states[:-1], per_step))
+        activations, ctx.activations_spec = tree_flatten(saved_chunks)
         ctx.num_inputs = 1 + len(flat)
         ctx.save_for_backward(x_slots, *flat, *activations)
-        results = [torch.stack(outputs), *h]  # (T, B, hidden_L)
+        results = [torch.cat(outputs), *h]  # (T, B, hidden_L)
         if not is_gru:
             results.extend(c)
         if return_diagnostics:
-            stacked_actives = [torch.stack(a) for a in zip(*actives)]  # (T, n, B) per layer
+            stacked_actives = [torch.cat(a) for a in zip(*actives)]  # (T, n, B) per layer
             ctx.mark_non_differentiable(*stacked_actives)
             results.extend(stacked_actives)
-            results.extend(torch.stack(a) for a in zip(*attentions))  # (T, n, B, 1 + S) per layer
+            results.extend(torch.cat(a) for a in zip(*attentions))  # (T, n, B, 1 + S) per layer
         return tuple(results)
 
     @staticmethod
@@ -120,9 +346,9 @@ class SequenceFunction(torch.autograd.Function):
         saved_tensors = ctx.saved_tensors
         x_slots, *flat = saved_tensors[: ctx.num_inputs]
         if torch.is_grad_enabled():
-            return (None, None, None, None, *_recompute_grads(ctx, x_slots, flat, (d_outputs, *d_rest)))
+            return (None,) * 5 + tuple(_recompute_grads(ctx, x_slots, flat, (d_outputs, *d_rest)))
         weights = unflatten_weights(flat[3 * num_layers :], num_layers)
-        states, per_step = tree_unflatten(list(saved_tensors[ctx.num_inputs :]), ctx.activations_spec)
+        saved_chunks = tree_unflatten(list(saved_tensors[ctx.num_inputs :]), ctx.activations_spec)
         dh = list(d_rest[:num_layers])
         d_rest = d_rest[num_layers:]
         dc: list[Tensor | None] = [None] * num_layers
@@ -130,74 +356,38 @@ class SequenceFunction(torch.autograd.Function):
             dc, d_rest = list(d_rest[:num_layers]), d_rest[num_layers:]
         d_attentions = d_rest[num_layers:] if ctx.return_diagnostics else None
         d_top_down = [None if t is None else torch.zeros_like(t) for t in flat[2 * num_layers : 3 * num_layers]]
-        weight_grads = [None if w is None else torch.zeros_like(w) for w in flatten_weights(weights)]
+        weight_grads: list[Tensor | None] = [None] * len(flatten_weights(weights))
+        d_output_steps = d_outputs.unbind(0)
         d_x_slots: list[Tensor] = []
-        for t in reversed(range(len(per_step))):
-            saved, slots, dense = per_step[t]
-            h, c = states[t]
-            d_attention = None if d_attentions is None else [a[t] for a in d_attentions]
-            dh, dc, d_top_down, d_x, grads, d_projections = ctx.steps.backward(
+        all_chunks = chunks(len(d_output_steps), ctx.steps_per_call)
+        for chunk_steps, saved in zip(reversed(all_chunks), reversed(saved_chunks)):
+            first, stop = chunk_steps.start, chunk_steps.stop
+            d_attention = None
+            if d_attentions is not None:
+                d_attention = tuple([a[t] for a in d_attentions] for t in chunk_steps)
+            dh, dc, d_top_down, d_x, grads = ctx.steps.backward(
                 weights,
                 saved,
-                slots,
-                dense,
-                h,
-                c,
-                None if ctx.dropout is None else ctx.dropout[t],
-                d_outputs[t],
+                None if ctx.dropout is None else tuple(ctx.dropout[first:stop]),
+                d_output_steps[first:stop],
                 dh,
                 dc,
                 d_top_down,
                 d_attention,
             )
-            _accumulate_weight_grads(weight_grads, saved, h, dense, grads, d_projections)
+            for index, grad in enumerate(grads):
+                if grad is not None:
+                    weight_grads[index] = grad if weight_grads[index] is None else weight_grads[index].add_(grad)
             d_x_slots.append(d_x)
         d_x_slots.reverse()
         d_state = list(dh) + ([None] * num_layers if is_gru else list(dc)) + list(d_top_down)
-        return (None, None, None, None, torch.stack(d_x_slots), *d_state, *weight_grads)
-
-
-def _accumulate_weight_grads(
-    weight_grads: list[Tensor | None],
-    saved: Sequence[StepSaved],
-    h: Sequence[Tensor],
-    dense: Sequence[Tensor | None],
-    grads: Sequence[StepGrads],
-    d_projections: Sequence[Tensor | None],
-) -> None:
-    """Add one step's ``x_t^T dy_t`` to the weight gradients (in the order of :func:`flatten_weights`).
-
-    In place and right after the step, while ``dy_t`` is in cache: on a CPU this was 3x faster
-    than stacking every step's ``x_t`` and ``dy_t`` for one large matmul after the loop (that
-    copies ~1 GB per training step of the released configuration), and in place it allocates
-    nothing (inside a compiled step, each sum would be a new tensor and a copy).
-    """
-    per_layer = _WEIGHTS_PER_LAYER
-    for index, (layer_saved, layer_grads) in enumerate(zip(saved, grads)):
-        hidden_weight, hidden_bias, comm_qkv, comm_out_weight, comm_out_bias, input_weight, input_bias = weight_grads[
-            index * per_layer : (index + 1) * per_layer
-        ]
-        hidden_weight.baddbmm_(h[index].transpose(1, 2), layer_grads.hidden)  # (n, m, G + H*D)
-        hidden_bias.add_(layer_grads.hidden.sum(dim=1, keepdim=True))  # (n, 1, G + H*D)
-        input_weight.baddbmm_(layer_saved.attended.transpose(1, 2), layer_grads.cell_input)  # (n, A, G)
-        if input_bias is not None:
-            input_bias.add_(layer_grads.cell_input.sum(dim=1))
-        if comm_qkv is not None:
-            comm_qkv.baddbmm_(layer_saved.h_read.transpose(1, 2), layer_grads.comm_qkv)  # (n, m, Hc(2Dc + Vc))
-            comm_out_weight.baddbmm_(layer_saved.comm.read.transpose(1, 2), layer_grads.comm_out)  # (n, HcVc, 2m)
-            comm_out_bias.add_(layer_grads.comm_out.sum(dim=1))
-    projections = weight_grads[len(saved) * per_layer :]
-    for projection, d_projected, state in zip(projections, d_projections, dense):
-        if projection is not None:
-            projection.addmm_(d_projected.t(), state)  # (P, hidden)
+        return (None,) * 5 + (torch.cat(d_x_slots), *d_state, *weight_grads)
 
 
 def _recompute_grads(
     ctx: Any, x_slots: Tensor, flat: list[Tensor | None], grad_outputs: tuple[Tensor, ...]
 ) -> list[Tensor | None]:
     """Double backward: re-run the forward under autograd and differentiate it with ``create_graph``."""
-    from brims.network import run_steps  # brims.network imports this module
-
     cell: BRIMsCell = ctx.cell
     num_layers = len(cell.layers)
     inputs = [x_slots, *flat]
@@ -206,7 +396,7 @@ def _recompute_grads(
     top_down = list(flat[2 * num_layers : 3 * num_layers])
     weights = unflatten_weights(flat[3 * num_layers :], num_layers)
     outputs, h, c, actives, attentions = run_steps(
-        ctx.steps.advance, weights, x_slots, h, c, top_down, ctx.dropout, ctx.return_diagnostics
+        ctx.steps.advance, weights, x_slots, h, c, top_down, ctx.dropout, ctx.return_diagnostics, ctx.steps_per_call
     )
     results = [outputs, *h]
     if cell.config.cell != "gru":
