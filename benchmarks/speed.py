@@ -66,11 +66,16 @@ def parse_args() -> argparse.Namespace:
         "--compile-mode", action="append", default=[], metavar="MODE",
         help="also time compile_step(mode=MODE), e.g. reduce-overhead (CUDA graphs) on CUDA; repeatable",
     )
+    parser.add_argument(
+        "--steps-per-call", type=int, default=None, metavar="K",
+        help="time steps per call of BRIMs' step functions, BRIMs.steps_per_call (default: the model's, 4)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, input and labels (default: 0)")
     args = parser.parse_args()
-    for name in ("threads", "steps", "batch", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
+    for name in ("threads", "steps", "batch", "repeats", "steps_per_call"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     return args
@@ -225,7 +230,8 @@ def main() -> None:
         f"threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
         f"flush denormal {'on' if FLUSH_DENORMAL else 'UNSUPPORTED on this CPU'}, "
         f"freed memory kept (glibc mallopt) {'yes' if KEEP_FREED_MEMORY else 'no'}, "
-        f"T={args.steps} B={args.batch} F={INPUT_SIZE}, warmup {args.warmup}, median of {args.repeats}"
+        f"T={args.steps} B={args.batch} F={INPUT_SIZE}, warmup {args.warmup}, median of {args.repeats}, "
+        f"BRIMs steps per call {args.steps_per_call or brims.BRIMs(INPUT_SIZE).steps_per_call}"
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -245,23 +251,30 @@ def main() -> None:
 
     benches = [Bench("nn.LSTM(300, 300, num_layers=2)", nn.LSTM(INPUT_SIZE, HIDDEN, num_layers=2), device)]
     torch.manual_seed(args.seed)
-    eager = brims.BRIMs(INPUT_SIZE)
+
+    def new_brims() -> brims.BRIMs:
+        model = brims.BRIMs(INPUT_SIZE)
+        if args.steps_per_call is not None:
+            model.steps_per_call = args.steps_per_call
+        return model
+
+    eager = new_brims()
     benches.append(Bench("brims.BRIMs(300), eager", eager, device))
-    per_step = brims.BRIMs(INPUT_SIZE)
+    per_step = new_brims()
     per_step.load_state_dict(eager.state_dict())
     per_step.cell.sequence_backward = False
     benches.append(Bench("brims.BRIMs(300), eager, autograd per step", per_step, device))
     if not args.no_compile:
-        compiled = brims.BRIMs(INPUT_SIZE)
+        compiled = new_brims()
         compiled.load_state_dict(eager.state_dict())
         benches.append(Bench("brims.BRIMs(300).compile_step()", compiled.compile_step(), device))
-        compiled_per_step = brims.BRIMs(INPUT_SIZE)
+        compiled_per_step = new_brims()
         compiled_per_step.load_state_dict(eager.state_dict())
         compiled_per_step.cell.sequence_backward = False
         name = "brims.BRIMs(300).compile_step(), autograd per step"
         benches.append(Bench(name, compiled_per_step.compile_step(), device))
     for mode in args.compile_mode:
-        moded = brims.BRIMs(INPUT_SIZE)
+        moded = new_brims()
         moded.load_state_dict(eager.state_dict())
         benches.append(Bench(f"brims.BRIMs(300).compile_step(mode={mode!r})", moded.compile_step(mode=mode), device))
     torch.manual_seed(args.seed)

@@ -58,11 +58,13 @@ def test_compile_step_matches_eager(fresh_dynamo):
 
 
 def test_compile_step_gradients_match_eager(fresh_dynamo):
-    """Training through the compiled step (forward and backward graphs) gives eager's gradients."""
+    """Training through the compiled chunks (forward and backward graphs, of 2 steps and of the
+    last 1) gives eager's gradients."""
     config = make_config("lstm", 2, top_down=True, communication=True)
     eager, compiled = build(config), build(config)
     compiled.load_state_dict(eager.state_dict())
-    compiled.compile_step()
+    compiled.compile_step(steps_per_call=2)
+    assert compiled.steps_per_call == 2
     x = random_input(config, 3, 2)
     for model in (eager, compiled):
         output, _ = model(x)
