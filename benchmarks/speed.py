@@ -114,6 +114,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import brims  # noqa: E402
+from brims.network import DEFAULT_STEPS_PER_CALL  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dense_reference import DenseMaskedBRIMs  # noqa: E402
@@ -231,7 +232,7 @@ def main() -> None:
         f"flush denormal {'on' if FLUSH_DENORMAL else 'UNSUPPORTED on this CPU'}, "
         f"freed memory kept (glibc mallopt) {'yes' if KEEP_FREED_MEMORY else 'no'}, "
         f"T={args.steps} B={args.batch} F={INPUT_SIZE}, warmup {args.warmup}, median of {args.repeats}, "
-        f"BRIMs steps per call {args.steps_per_call or brims.BRIMs(INPUT_SIZE).steps_per_call}"
+        f"BRIMs steps per call {args.steps_per_call or DEFAULT_STEPS_PER_CALL}"
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
