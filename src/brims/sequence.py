@@ -210,14 +210,16 @@ def backward_chunk(
     dc: list[Tensor | None],
     d_top_down: list[Tensor | None],
     d_attention_steps: tuple[list[Tensor], ...] | None,
+    weight_grads: list[Tensor | None],
 ) -> tuple[Any, ...]:
     """Gradients of one :func:`forward_chunk`: :meth:`BRIMsCell.backward_step` for its steps in
-    reverse, then the chunk's weight gradients.
+    reverse, then the chunk's weight gradients added to the running sums ``weight_grads``.
 
     ``d_outputs`` holds the gradient of each step's output ``(B, hidden_L)``; ``dh, dc,
-    d_top_down`` are those of the chunk's final state and top-down slots. Returns them for the
-    chunk's initial state, the gradient of its inputs ``(K, B, P_0)`` and the weight gradients
-    (in the order of :func:`flatten_weights`, None where a weight is absent).
+    d_top_down`` are those of the chunk's final state and top-down slots; ``weight_grads`` the
+    weight gradients of the chunks after this one (in the order of :func:`flatten_weights`, None
+    where a weight is absent). Returns the three for the chunk's initial state, the gradient of
+    its inputs ``(K, B, P_0)`` and the new running sums.
     """
     batch = d_outputs[0].shape[0]
     num_steps = len(chunk.steps)
@@ -240,44 +242,56 @@ def backward_chunk(
             d_top_down,
             None if d_attention_steps is None else d_attention_steps[t],
         )
-    return dh, dc, d_top_down, torch.stack(d_inputs), _chunk_weight_grads(weights, chunk, step_grads, projection_grads)
+    grads = _add_chunk_weight_grads(weights, chunk, step_grads, projection_grads, weight_grads)
+    return dh, dc, d_top_down, torch.stack(d_inputs), grads
 
 
-def _chunk_weight_grads(
+def _add_chunk_weight_grads(
     weights: NetworkWeights,
     chunk: ChunkSaved,
     step_grads: Sequence[Sequence[StepGrads]],
     projection_grads: Sequence[Sequence[Tensor | None]],
+    running: Sequence[Tensor | None],
 ) -> list[Tensor | None]:
-    """``Σ_t x_t^T dy_t`` over the chunk for every weight, as one ``(n, in, K*B) x (n, K*B, out)``
-    matmul each (in the order of :func:`flatten_weights`)."""
+    """``running + Σ_t x_t^T dy_t`` over the chunk for every weight, as one
+    ``(n, in, K*B) x (n, K*B, out)`` matmul each that adds into the running sum
+    (``baddbmm``: the sum is read once inside the matmul, not by a separate pass)."""
     grads: list[Tensor | None] = []
     for index, layer_weights in enumerate(weights.layers):
-        layer_grads = [step[index] for step in step_grads]
-        d_hidden = torch.cat([g.hidden for g in layer_grads], dim=1)  # (n, K*B, G + H*D)
-        d_cell_input = torch.cat([g.cell_input for g in layer_grads], dim=1)  # (n, K*B, G)
-        comm_qkv = comm_out_weight = comm_out_bias = None
-        if layer_weights.comm_qkv is not None:
-            d_qkv = torch.cat([g.comm_qkv for g in layer_grads], dim=1)  # (n, K*B, Hc(2Dc + Vc))
-            d_out = torch.cat([g.comm_out for g in layer_grads], dim=1)  # (n, K*B, 2m)
-            comm_qkv = torch.bmm(chunk.comm_input[index].transpose(1, 2), d_qkv)  # (n, m, Hc(2Dc + Vc))
-            comm_out_weight = torch.bmm(chunk.comm_read[index].transpose(1, 2), d_out)  # (n, HcVc, 2m)
-            comm_out_bias = d_out.sum(dim=1)  # (n, 2m)
-        grads += [
-            torch.bmm(chunk.state[index].transpose(1, 2), d_hidden),  # (n, m, G + H*D)
-            d_hidden.sum(dim=1, keepdim=True),  # (n, 1, G + H*D)
+        (
+            hidden_weight,
+            hidden_bias,
             comm_qkv,
             comm_out_weight,
             comm_out_bias,
-            torch.bmm(chunk.attended[index].transpose(1, 2), d_cell_input),  # (n, A, G)
-            None if layer_weights.input_bias is None else d_cell_input.sum(dim=1),  # (n, G)
+            input_weight,
+            input_bias,
+        ) = running[index * _WEIGHTS_PER_LAYER : (index + 1) * _WEIGHTS_PER_LAYER]
+        layer_grads = [step[index] for step in step_grads]
+        d_hidden = torch.cat([g.hidden for g in layer_grads], dim=1)  # (n, K*B, G + H*D)
+        d_cell_input = torch.cat([g.cell_input for g in layer_grads], dim=1)  # (n, K*B, G)
+        if layer_weights.comm_qkv is not None:
+            d_qkv = torch.cat([g.comm_qkv for g in layer_grads], dim=1)  # (n, K*B, Hc(2Dc + Vc))
+            d_out = torch.cat([g.comm_out for g in layer_grads], dim=1)  # (n, K*B, 2m)
+            comm_qkv = torch.baddbmm(comm_qkv, chunk.comm_input[index].transpose(1, 2), d_qkv)  # (n, m, Hc(2Dc+Vc))
+            comm_out_weight = torch.baddbmm(comm_out_weight, chunk.comm_read[index].transpose(1, 2), d_out)
+            comm_out_bias = comm_out_bias + d_out.sum(dim=1)  # (n, 2m)
+        grads += [
+            torch.baddbmm(hidden_weight, chunk.state[index].transpose(1, 2), d_hidden),  # (n, m, G + H*D)
+            hidden_bias + d_hidden.sum(dim=1, keepdim=True),  # (n, 1, G + H*D)
+            comm_qkv,
+            comm_out_weight,
+            comm_out_bias,
+            torch.baddbmm(input_weight, chunk.attended[index].transpose(1, 2), d_cell_input),  # (n, A, G)
+            None if input_bias is None else input_bias + d_cell_input.sum(dim=1),  # (n, G)
         ]
+    first_projection = len(weights.layers) * _WEIGHTS_PER_LAYER
     for index, dense in enumerate(chunk.dense):
         if dense is None:
             grads.append(None)
             continue
         d_projected = torch.cat([step[index] for step in projection_grads], dim=0)  # (K*B, P)
-        grads.append(d_projected.t() @ dense)  # (P, hidden)
+        grads.append(torch.addmm(running[first_projection + index], d_projected.t(), dense))  # (P, hidden)
     return grads
 
 
@@ -354,7 +368,8 @@ class SequenceFunction(torch.autograd.Function):
             dc, d_rest = list(d_rest[:num_layers]), d_rest[num_layers:]
         d_attentions = d_rest[num_layers:] if ctx.return_diagnostics else None
         d_top_down = [None if t is None else torch.zeros_like(t) for t in flat[2 * num_layers : 3 * num_layers]]
-        weight_grads: list[Tensor | None] = [None] * len(flatten_weights(weights))
+        # Running sums of the weight gradients, which every chunk's backward adds to.
+        weight_grads = [None if w is None else torch.zeros_like(w) for w in flatten_weights(weights)]
         d_output_steps = d_outputs.unbind(0)
         d_x_slots: list[Tensor] = []
         all_chunks = chunks(len(d_output_steps), ctx.steps_per_call)
@@ -363,7 +378,7 @@ class SequenceFunction(torch.autograd.Function):
             d_attention = None
             if d_attentions is not None:
                 d_attention = tuple([a[t] for a in d_attentions] for t in chunk_steps)
-            dh, dc, d_top_down, d_x, grads = ctx.steps.backward(
+            dh, dc, d_top_down, d_x, weight_grads = ctx.steps.backward(
                 weights,
                 saved,
                 None if ctx.dropout is None else tuple(ctx.dropout[first:stop]),
@@ -372,10 +387,8 @@ class SequenceFunction(torch.autograd.Function):
                 dc,
                 d_top_down,
                 d_attention,
+                weight_grads,
             )
-            for index, grad in enumerate(grads):
-                if grad is not None:
-                    weight_grads[index] = grad if weight_grads[index] is None else weight_grads[index].add_(grad)
             d_x_slots.append(d_x)
         d_x_slots.reverse()
         d_state = list(dh) + ([None] * num_layers if is_gru else list(dc)) + list(d_top_down)
