@@ -73,6 +73,24 @@ def test_compile_step_gradients_match_eager(fresh_dynamo):
         torch.testing.assert_close(b.grad, a.grad, **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_compile_step_training_compiles_each_chunk_once(fresh_dynamo, cell):
+    """The first chunk's state and top-down slot come from outside (here they require grad) and
+    the first backward chunk starts from zero gradients; the later chunks get the previous
+    chunk's. A compiled chunk is specialised on its inputs' requires_grad and strides, so any
+    difference would compile the forward or backward chunk a second time (minutes, cold). The
+    eager backend runs dynamo's guards without inductor's compile time."""
+    config = make_config(cell, 3, top_down=True, communication=True)
+    model = build(config).compile_step(steps_per_call=2, backend="eager")
+    x = random_input(config, 6, 2).requires_grad_()
+    state = random_state(model, 2)
+    state = BRIMsState(tuple(h.requires_grad_() for h in state.h), tuple(c.requires_grad_() for c in state.c))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            output, final = model(x, state)
+            (output.square().sum() + sum(h.sum() for h in final.h)).backward()
+
+
 @pytest.mark.parametrize(
     "options",
     [{}, {"mode": "max-autotune-no-cudagraphs"}, {"options": {"cpp_wrapper": False}}, {"backend": "eager"}],

@@ -363,7 +363,9 @@ class BRIMsCell(nn.Module):
             )  # d_slots: (B, S, P)
             d_bottom_up = d_slots[:, 0]
             if d_slots.shape[1] == 2:
-                new_d_top_down[index] = d_slots[:, 1]
+                # Contiguous, like the zeros the sequence backward starts from: a compiled chunk
+                # is specialised on its inputs' strides and would otherwise compile twice.
+                new_d_top_down[index] = d_slots[:, 1].contiguous()
         return new_dh, new_dc, new_d_top_down, d_bottom_up, grads, projection_grads
 
     def unroll(

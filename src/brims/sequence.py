@@ -320,10 +320,15 @@ class SequenceFunction(torch.autograd.Function):
     ) -> tuple[Tensor, ...]:
         num_layers = len(cell.layers)
         is_gru = cell.config.cell == "gru"
-        h = list(flat[:num_layers])
-        c = h if is_gru else list(flat[num_layers : 2 * num_layers])
-        top_down = list(flat[2 * num_layers : 3 * num_layers])
-        weights = unflatten_weights(flat[3 * num_layers :], num_layers)
+        # Detached, and (GRU) h and c in lists of their own: a compiled chunk is specialised on
+        # its inputs' requires_grad and on which of them are the same object. The first chunk's
+        # state and top-down slots come from outside (they may require grad), the later chunks'
+        # from the chunk before (they never do); otherwise it would compile twice.
+        inputs = [None if t is None else t.detach() for t in flat]
+        h = inputs[:num_layers]
+        c = list(h) if is_gru else inputs[num_layers : 2 * num_layers]  # GRU: a list of its own, as later chunks get
+        top_down = inputs[2 * num_layers : 3 * num_layers]
+        weights = unflatten_weights(inputs[3 * num_layers :], num_layers)
         saved_chunks: list[ChunkSaved] = []
 
         def forward_saving(*args: Any) -> tuple[Any, ...]:
@@ -332,7 +337,7 @@ class SequenceFunction(torch.autograd.Function):
             return tuple(results)
 
         output, h, c, actives, attentions = run_steps(
-            forward_saving, weights, x_slots, h, c, top_down, dropout, return_diagnostics, steps_per_call
+            forward_saving, weights, x_slots.detach(), h, c, top_down, dropout, return_diagnostics, steps_per_call
         )
         ctx.cell, ctx.steps, ctx.dropout, ctx.return_diagnostics = cell, steps, dropout, return_diagnostics
         ctx.steps_per_call = steps_per_call
@@ -361,13 +366,16 @@ class SequenceFunction(torch.autograd.Function):
             return (None,) * 5 + tuple(_recompute_grads(ctx, x_slots, flat, (d_outputs, *d_rest)))
         weights = unflatten_weights(flat[3 * num_layers :], num_layers)
         saved_chunks = tree_unflatten(list(saved_tensors[ctx.num_inputs :]), ctx.activations_spec)
-        dh = list(d_rest[:num_layers])
+        # The gradients entering the last chunk, contiguous like those each chunk hands to the
+        # one before (a loss such as h.sum() gives an expanded one): a compiled chunk is
+        # specialised on its inputs' strides and would otherwise compile twice.
+        dh = [g.contiguous() for g in d_rest[:num_layers]]
         d_rest = d_rest[num_layers:]
         dc: list[Tensor | None] = [None] * num_layers
         if not is_gru:
-            dc, d_rest = list(d_rest[:num_layers]), d_rest[num_layers:]
+            dc, d_rest = [g.contiguous() for g in d_rest[:num_layers]], d_rest[num_layers:]
         d_attentions = d_rest[num_layers:] if ctx.return_diagnostics else None
-        d_top_down = [None if t is None else torch.zeros_like(t) for t in flat[2 * num_layers : 3 * num_layers]]
+        d_top_down = [None if t is None else t.new_zeros(t.shape) for t in flat[2 * num_layers : 3 * num_layers]]
         # Running sums of the weight gradients, which every chunk's backward adds to.
         weight_grads = [None if w is None else torch.zeros_like(w) for w in flatten_weights(weights)]
         d_output_steps = d_outputs.unbind(0)
@@ -403,7 +411,7 @@ def _recompute_grads(
     num_layers = len(cell.layers)
     inputs = [x_slots, *flat]
     h = list(flat[:num_layers])
-    c = h if cell.config.cell == "gru" else list(flat[num_layers : 2 * num_layers])
+    c = list(h) if cell.config.cell == "gru" else list(flat[num_layers : 2 * num_layers])
     top_down = list(flat[2 * num_layers : 3 * num_layers])
     weights = unflatten_weights(flat[3 * num_layers :], num_layers)
     outputs, h, c, actives, attentions = run_steps(
