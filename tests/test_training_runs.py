@@ -184,6 +184,14 @@ def test_resume_after_kill_reaches_the_same_step(resumed_run, finished_run):
     assert resumed["global_step"] == reference["global_step"] == TOTAL_STEPS
     assert resumed["epoch"] == reference["epoch"]
     assert json.loads((folder / "metrics.json").read_text())["resolution"]["6"]["images"] == TEST_IMAGES
+    # The killed session keeps its time up to its last checkpoint save (of last.ckpt, where the
+    # resumed session started, or of a later best.ckpt).
+    train_time = json.loads((folder / "train_time.json").read_text())
+    killed, resumed = train_time["sessions"]
+    assert (killed["from_step"], killed["ended"]) == (0, False) and killed["to_step"] >= killed_at
+    assert (resumed["from_step"], resumed["to_step"], resumed["ended"]) == (killed_at, TOTAL_STEPS, True)
+    assert killed["seconds"] > 0 and resumed["seconds"] > 0
+    assert train_time["seconds"] == pytest.approx(killed["seconds"] + resumed["seconds"], abs=0.11)
 
 
 def test_resume_after_kill_gives_the_same_weights(resumed_run, finished_run):

@@ -35,7 +35,7 @@ from brims.rl.envs import EnvSpaces, env_spaces, make_vector_env
 from brims.rl.ppo import Collector, ppo_update
 from brims.train.checkpoint import FORMAT_KEY, FORMAT_VERSION, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError
-from brims.train.run import CONFIG_FILE, prepare_run_dir, record_session
+from brims.train.run import CONFIG_FILE, TrainingSession, prepare_run_dir
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -136,6 +136,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
                           window=RETURN_WINDOW)
     collector.recent.extend(recent)
     started, session_start = time.perf_counter(), update
+    session = TrainingSession(run_dir)
     offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
     try:
@@ -159,10 +160,11 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
             if update % config.train.checkpoint_every == 0 or update == total:
                 _save(last, config, spaces, agent, optimizer, update, rows, list(collector.recent))
                 _write_curve(run_dir, rows)
+                session.record(from_update=session_start, to_update=update)
     finally:
         bar.close()
         envs.close()
-    record_session(run_dir, time.perf_counter() - started, from_update=session_start, to_update=update)
+    session.record(ended=True, from_update=session_start, to_update=update)
     plot_curves([(config.model.core.kind, rows)], run_dir / PLOT_FILE, config.env.id)
     return test(run_dir, progress=progress) if test_after else summary(last)
 

@@ -16,12 +16,13 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from brims.data.store import atomic_write_text
@@ -118,31 +119,56 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
         module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
         resumed_step = checkpoint.get("global_step")
         log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
-    started = time.perf_counter()
+    session = TrainingSession(run_dir)
+    trainer.callbacks.append(RecordSessionAtCheckpoints(session, from_step=resumed_step or 0))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     # The periodic checkpoint may lag the end of training: record the finished state, so that
     # `brims train <run folder>` on a finished run returns at once instead of redoing steps.
     trainer.save_checkpoint(last, weights_only=False)  # full state: optimizer, loops, data position
-    elapsed = time.perf_counter() - started
     if not trainer.is_global_zero:
         return None
     metrics_path = run_dir / METRICS_FILE
     if trainer.global_step == resumed_step and metrics_path.is_file():
         log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
         return json.loads(metrics_path.read_text())
-    record_session(run_dir, elapsed, from_step=resumed_step or 0, to_step=trainer.global_step)
+    session.record(ended=True, from_step=resumed_step or 0, to_step=trainer.global_step)
     return test(run_dir, progress=progress) if test_after else None
 
 
-def record_session(run_dir: Path, seconds: float, **span: int) -> None:
-    """Append this training session (its wall time and ``span``, e.g. ``from_step``/``to_step``)
-    to ``train_time.json``. A session killed before its end is not recorded: its steps after the
-    last checkpoint were redone by the next one."""
-    path = run_dir / TRAIN_TIME_FILE
-    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    sessions.append({"seconds": round(seconds, 1), **span, "threads": torch.get_num_threads()})
-    atomic_write_text(path, json.dumps({"seconds": round(sum(s["seconds"] for s in sessions), 1), "sessions": sessions},
-                                 indent=2))
+class TrainingSession:
+    """One training session's wall time in ``train_time.json``, kept current at every checkpoint.
+
+    :meth:`record` writes the session's entry (its seconds so far and ``span``, e.g.
+    ``from_step``/``to_step``), replacing the one it wrote before. A session killed mid-run thus
+    keeps its time up to its last checkpoint save, with ``"ended": false``; the next session
+    resumes from ``last.ckpt`` and counts the steps it redoes again (they cost time twice).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / TRAIN_TIME_FILE
+        self.started = time.perf_counter()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+    def record(self, ended: bool = False, **span: int) -> None:
+        sessions = json.loads(self.path.read_text())["sessions"] if self.path.is_file() else []
+        sessions = [s for s in sessions if s.get("started_at") != self.started_at]
+        seconds = round(time.perf_counter() - self.started, 1)
+        sessions.append({"started_at": self.started_at, "seconds": seconds, **span, "ended": ended,
+                         "threads": torch.get_num_threads()})
+        total = round(sum(s["seconds"] for s in sessions), 1)
+        atomic_write_text(self.path, json.dumps({"seconds": total, "sessions": sessions}, indent=2))
+
+
+class RecordSessionAtCheckpoints(Callback):
+    """Brings the session's entry in ``train_time.json`` up to date whenever a checkpoint is saved."""
+
+    def __init__(self, session: TrainingSession, from_step: int) -> None:
+        self.session, self.from_step = session, from_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A session that trained no step (a finished run started again) leaves no entry.
+        if trainer.is_global_zero and trainer.global_step > self.from_step:
+            self.session.record(from_step=self.from_step, to_step=trainer.global_step)
 
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
