@@ -35,7 +35,7 @@ from brims.rl.envs import EnvSpaces, env_spaces, make_vector_env
 from brims.rl.ppo import Collector, ppo_update
 from brims.train.checkpoint import FORMAT_KEY, FORMAT_VERSION, AtomicCheckpointIO, CheckpointError, read_checkpoint
 from brims.train.config import ConfigError
-from brims.train.run import CONFIG_FILE, TrainingSession, prepare_run_dir
+from brims.train.run import CONFIG_FILE, TRAIN_TIME_FILE, TrainingSession, prepare_run_dir
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -135,8 +135,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     collector = Collector(envs, agent, device, seed=config.train.seed * 100_003 + update * config.env.num_envs,
                           window=RETURN_WINDOW)
     collector.recent.extend(recent)
-    started, session_start = time.perf_counter(), update
-    session = TrainingSession(run_dir)
+    session, session_start = TrainingSession(run_dir), update
     offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
     try:
@@ -153,7 +152,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
                 "mean_length": float(np.mean([n for _, n in finished])) if finished else math.nan,
                 f"return_last{RETURN_WINDOW}": float(np.mean(collector.recent)) if collector.recent else math.nan,
                 **losses,
-                "seconds": round(offset + time.perf_counter() - started, 2),
+                "seconds": round(offset + session.elapsed(), 2),
             })
             bar.update(1)
             bar.set_postfix(steps=rows[-1]["env_steps"], avg_return=f"{rows[-1][f'return_last{RETURN_WINDOW}']:.1f}")
@@ -176,7 +175,7 @@ def summary(checkpoint_path: Path) -> dict[str, Any]:
     config = load_rl_config(base=checkpoint[FORMAT_KEY]["config"])
     rows = checkpoint["rows"]
     recent = checkpoint["recent_returns"]
-    train_time = run_dir / "train_time.json"
+    train_time = run_dir / TRAIN_TIME_FILE
     return {
         "task": "rl",
         "env": config.env.id + (" (velocity hidden)" if config.env.hide_velocity else ""),

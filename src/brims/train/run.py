@@ -149,10 +149,14 @@ class TrainingSession:
         self.started = time.perf_counter()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
+    def elapsed(self) -> float:
+        """Seconds since the session started."""
+        return time.perf_counter() - self.started
+
     def record(self, ended: bool = False, **span: int) -> None:
         sessions = json.loads(self.path.read_text())["sessions"] if self.path.is_file() else []
         sessions = [s for s in sessions if s.get("started_at") != self.started_at]
-        seconds = round(time.perf_counter() - self.started, 1)
+        seconds = round(self.elapsed(), 1)
         sessions.append({"started_at": self.started_at, "seconds": seconds, **span, "ended": ended,
                          "threads": torch.get_num_threads()})
         total = round(sum(s["seconds"] for s in sessions), 1)
