@@ -114,7 +114,7 @@ from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import brims  # noqa: E402
-from brims.network import DEFAULT_STEPS_PER_CALL  # noqa: E402
+from brims.model import DEFAULT_STEPS_PER_CALL  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dense_reference import DenseMaskedBRIMs  # noqa: E402

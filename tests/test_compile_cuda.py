@@ -1,4 +1,4 @@
-"""torch.compile and CUDA (design.md §3). Compile tests are few and tiny: a cold inductor compile on a
+"""torch.compile and CUDA (docs/design.md, invariants). Compile tests are few and tiny: a cold inductor compile on a
 small CPU takes tens of seconds. CUDA tests skip (not fail) without a GPU."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_compile_step_gradients_match_eager(fresh_dynamo):
     eager, compiled = build(config), build(config)
     compiled.load_state_dict(eager.state_dict())
     compiled.compile_step(steps_per_call=2)
-    assert compiled.steps_per_call == 2
+    assert compiled.compiled.steps_per_call == 2
     x = random_input(config, 3, 2)
     for model in (eager, compiled):
         output, _ = model(x)
@@ -74,20 +74,45 @@ def test_compile_step_gradients_match_eager(fresh_dynamo):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("steps_per_call", [1, 4, 5])  # 4: chunks of 4 and 2; 5: of 5 and 1
+def test_steps_per_call_changes_no_number(fresh_dynamo, cell, steps_per_call):
+    """The compiled loop's chunks are an execution detail: through dynamo (its eager backend, so
+    that no inductor compile is paid; the ops and their random draws are the eager ones) outputs,
+    state, diagnostics and gradients equal the plain loop's, in train mode (attention dropout on)."""
+    config = make_config(cell, 3, top_down=True, communication=True)
+    reference, model = build(config, train=True), build(config, train=True)
+    model.compile_step(steps_per_call=steps_per_call, backend="eager")
+    results = []
+    for run in (reference, model):
+        x = random_input(config, 6, 3).requires_grad_()
+        torch.manual_seed(5)  # the same dropout masks
+        output, final, diagnostics = run(x, random_state(run, 3), return_diagnostics=True)
+        loss = output.square().sum() + sum(t.sum() for t in final.h + final.c + diagnostics.attention)
+        grads = torch.autograd.grad(loss, [x, *run.parameters()])
+        results.append((output, final, diagnostics, grads))
+    (output, final, diagnostics, grads), (ref_output, ref_final, ref_diagnostics, ref_grads) = results
+    assert torch.equal(output, ref_output)
+    for a, b in zip(final.h + final.c + diagnostics.active, ref_final.h + ref_final.c + ref_diagnostics.active):
+        assert torch.equal(a, b)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_compile_step_training_compiles_each_chunk_once(fresh_dynamo, cell):
-    """The first chunk's state and top-down slot come from outside (here they require grad) and
-    the first backward chunk starts from zero gradients; the later chunks get the previous
-    chunk's. A compiled chunk is specialised on its inputs' requires_grad and strides, so any
-    difference would compile the forward or backward chunk a second time (minutes, cold). The
-    eager backend runs dynamo's guards without inductor's compile time."""
+    """The first chunk's state comes from outside (zeros that need no grad, or a given state that
+    does); the later chunks get the previous chunk's. A compiled chunk is specialised on its
+    inputs' requires_grad and on which of them are the same tensor, so any difference would
+    compile it a second time (minutes, cold). The eager backend runs dynamo's guards without
+    inductor's compile time."""
     config = make_config(cell, 3, top_down=True, communication=True)
     model = build(config).compile_step(steps_per_call=2, backend="eager")
     x = random_input(config, 6, 2).requires_grad_()
     state = random_state(model, 2)
     state = BRIMsState(tuple(h.requires_grad_() for h in state.h), tuple(c.requires_grad_() for c in state.c))
     with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(2):
-            output, final = model(x, state)
+        for start in (state, None, state):
+            output, final = model(x, start)
             (output.square().sum() + sum(h.sum() for h in final.h)).backward()
 
 
@@ -97,8 +122,8 @@ def test_compile_step_training_compiles_each_chunk_once(fresh_dynamo, cell):
     ids=["default", "mode", "options", "eager-backend"],
 )
 def test_compile_step_accepts_torch_compile_options(fresh_dynamo, options):
-    """torch.compile refuses `mode` together with `options`; compile_step folds its C++-wrapper
-    default into whichever the caller uses, and passes non-inductor backends through untouched."""
+    """torch.compile refuses `mode` together with `options`: compile_step adds its per-device
+    defaults to the caller's `options` only, and passes `mode` and non-inductor backends through."""
     config = make_config("gru", 1, communication=False)
     model = build(config)
     assert model.compile_step(**options) is model

@@ -23,28 +23,6 @@ def assert_states_close(a: BRIMsState, b: BRIMsState) -> None:
 # ---- chunked, batch_first, cell ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 4, 5])  # 4: chunks of 4 and 2; 5: of 5 and 1
-def test_steps_per_call_changes_no_number(config, steps_per_call):
-    """How many steps one call of the step functions runs is an execution detail: outputs,
-    state and diagnostics are identical, and the gradients agree up to the order of summation."""
-    reference, model = build(config, train=True), build(config, train=True)
-    reference.steps_per_call, model.steps_per_call = 1, steps_per_call
-    results = []
-    for run in (reference, model):
-        x = random_input(config, STEPS, BATCH).requires_grad_()
-        torch.manual_seed(5)  # the same dropout masks
-        output, final, diagnostics = run(x, random_state(run, BATCH), return_diagnostics=True)
-        loss = output.square().sum() + sum(t.sum() for t in final.h + final.c + diagnostics.attention)
-        grads = torch.autograd.grad(loss, [x, *run.parameters()])
-        results.append((output, final, diagnostics, grads))
-    (output, final, diagnostics, grads), (ref_output, ref_final, ref_diagnostics, ref_grads) = results
-    assert torch.equal(output, ref_output)
-    for a, b in zip(final.h + final.c + diagnostics.active, ref_final.h + ref_final.c + ref_diagnostics.active):
-        assert torch.equal(a, b)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
 @pytest.mark.parametrize("chunk", [1, 2, 4])
 def test_chunked_equals_whole_sequence(config, chunk):
     model = build(config)

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from brims import BRIMsConfig
 from brims.rl.config import task_of
-from brims.tasks.cores import CoreConfig
+from brims.tasks.cores import BRIMS_FIELDS, CoreConfig
 from brims.train.commands import preset_names, resolve_config
 from brims.train.config import (
     ConfigError,
@@ -32,7 +33,8 @@ def field_paths(values: dict[str, Any], prefix: str = "") -> set[str]:
     return paths
 
 
-ALL_PATHS = field_paths(ExperimentConfig().as_dict())
+# The brims options are empty by default (BRIMsConfig's defaults apply); every field of it is a path.
+ALL_PATHS = field_paths(ExperimentConfig().as_dict()) | {f"model.core.brims.{name}" for name in BRIMS_FIELDS}
 
 
 def assert_names_field(message: str, path: str) -> None:
@@ -47,6 +49,16 @@ def assert_names_field(message: str, path: str) -> None:
     assert not wrong, f"the error names {wrong}, which are not config fields (the field is {path}): {message}"
 
 
+@pytest.mark.parametrize("name", ["hidden_sizes", "attention_dropout", "cell"])
+def test_a_config_in_the_old_layout_says_what_changed(tmp_path, name):
+    """Before brims 0.2 the BRIMs options sat directly under model.core."""
+    path = tmp_path / "old.yaml"
+    path.write_text(f"model:\n  core:\n    kind: brims\n    {name}: {BRIMsConfig.__dataclass_fields__[name].default!r}\n")
+    with pytest.raises(ConfigError, match=rf"model\.core\.{name}: the BRIMs options moved under model\.core\.brims "
+                                          rf"in brims 0\.2; write model\.core\.brims\.{name}"):
+        load_config(path)
+
+
 def test_defaults_are_valid():
     config = ExperimentConfig()
     assert load_config() == config
@@ -59,15 +71,15 @@ def test_yaml_round_trip(tmp_path):
     config = ExperimentConfig(
         data=DataConfig(dataset="cifar10", train_resolution=16, test_resolutions=(19, 32), noise=("gaussian-0.2",),
                         batch_size=8, data_dir="/somewhere"),
-        model=ModelConfig(core=CoreConfig(kind="rims", cell="gru", hidden_sizes=(60, 60), num_modules=(6, 3),
-                                          top_k=(3, 1), communication=False), embedding_size=12),
+        model=ModelConfig(core=CoreConfig(kind="rims", brims=dict(cell="gru", hidden_sizes=(60,), num_modules=(6,),
+                                                                  top_k=(3,), communication=False)), embedding_size=12),
         train=TrainConfig(epochs=2, lr=3e-4, devices=2, strategy="ddp", accelerator="cpu"),
     )
     path = tmp_path / "config.yaml"
     path.write_text(config.to_yaml())
     loaded = load_config(path)
     assert loaded == config
-    assert isinstance(loaded.data.test_resolutions, tuple) and isinstance(loaded.model.core.hidden_sizes, tuple)
+    assert isinstance(loaded.data.test_resolutions, tuple) and isinstance(loaded.model.core.brims["hidden_sizes"], tuple)
     assert loaded.to_yaml() == config.to_yaml()
 
 
@@ -76,7 +88,7 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     path.write_text("train:\n  epochs: 3\nmodel:\n  core:\n    kind: lstm\n")
     config = load_config(path)
     assert config.train.epochs == 3 and config.model.core.kind == "lstm"
-    assert config.train.lr == TrainConfig().lr and config.model.core.hidden_sizes == (300, 300)
+    assert config.train.lr == TrainConfig().lr and config.model.core.brims_config(1).hidden_sizes == (300, 300)
     assert config.data == DataConfig()
 
 
@@ -88,7 +100,7 @@ def test_overrides_are_parsed_as_yaml():
         "model.core.kind=lstm",
         "train.devices=auto",
         "data.noise=[gaussian-0.5]",
-        "model.core.communication=false",
+        "model.core.brims.communication=false",
     ])
     assert config.data.test_resolutions == (8, 9)
     assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
@@ -96,7 +108,7 @@ def test_overrides_are_parsed_as_yaml():
     assert config.model.core.kind == "lstm"
     assert config.train.devices == "auto"
     assert config.data.noise == ("gaussian-0.5",)
-    assert config.model.core.communication is False
+    assert config.model.core.brims == {"communication": False}
 
 
 def test_overrides_win_over_the_file(tmp_path):
@@ -120,12 +132,14 @@ def test_malformed_override(assignment):
     ("overrides", "field"),
     [
         (["model.core.kind=transformer"], "model.core.kind"),
-        (["model.core.kind=lstm", "model.core.cell=gru"], "model.core.cell"),
+        (["model.core.kind=lstm", "model.core.brims.cell=gru"], "model.core.brims.cell"),
         (["data.train_resolution=0"], "data.train_resolution"),
         (["data.test_resolutions=[0]"], "data.test_resolutions"),
-        (["model.core.top_k=[7, 2]"], "model.core.top_k"),
-        (["model.core.hidden_sizes=[300, 301]"], "model.core.hidden_sizes"),
-        (["model.core.attention_dropout=1.5"], "model.core.attention_dropout"),
+        (["model.core.brims.top_k=[7, 2]"], "model.core.brims.top_k"),
+        (["model.core.brims.hidden_sizes=[300, 301]"], "model.core.brims.hidden_sizes"),
+        (["model.core.brims.attention_dropout=1.5"], "model.core.brims.attention_dropout"),
+        (["model.core.brims.input_value_factor=0"], "model.core.brims.input_value_factor"),
+        (["model.core.kind=rims"], "model.core.kind=rims is one layer"),
         (["train.bogus=1"], "train.bogus"),
         (["model.core.bogus=1"], "model.core.bogus"),
         (["data.dataset=cifar10"], "data.noise"),  # the default noise has flips, cifar10 is not binarised

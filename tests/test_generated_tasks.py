@@ -17,8 +17,10 @@ from brims.train.datamodule import FreshBatchSampler, IndexedExamples
 from brims.train.tasks import make_task
 
 TINY_CORE = {
-    "kind": "brims", "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1,
-    "input_key_size": 4, "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4, "compile": False,
+    "kind": "brims", "compile": False, "brims": {
+        "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
+        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4,
+    },
 }
 
 

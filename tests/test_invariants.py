@@ -130,6 +130,50 @@ def test_top_k_equal_to_num_modules_updates_every_module(cell):
             assert (blocks(after.h[layer], n) != blocks(before.h[layer], n)).any(dim=-1).all()
 
 
+# ---- 2b. no gradient into inactive modules through communication ---------------------------------
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_no_gradient_reaches_inactive_modules_through_communication(config, train):
+    """The authors' ``blocked_grad``: in every layer, the Jacobian of every module's new ``h`` with
+    respect to an inactive module's previous ``h`` is the identity on the diagonal (it keeps its
+    state) and zero off it, while active modules are coupled through communication (when it is on).
+    One example at a time, each with its own active set; the layer's inputs are held fixed."""
+    model = build(config, train=train)
+    rows = 4
+    state = random_state(model, rows)
+    coupled = 0
+    for index, layer in enumerate(model.cell.layers):
+        n = config.num_modules[index]
+        below = config.input_size if index == 0 else config.hidden_sizes[index - 1]
+        bottom_up = _probe(torch.empty(rows, below, dtype=torch.float64), 20 + index)
+        top_down = state.h[index + 1] if layer.reads_top_down else None
+        for row in range(rows):
+            inputs = (bottom_up[row : row + 1], None if top_down is None else top_down[row : row + 1])
+            c = state.c[index][row : row + 1]
+
+            def new_h(h: torch.Tensor) -> torch.Tensor:  # (n*m,) -> (n*m,)
+                torch.manual_seed(7)  # the same dropout masks in every call
+                return layer(h.unsqueeze(0), h.unsqueeze(0) if config.cell == "gru" else c, *inputs).h[0]
+
+            h = state.h[index][row]
+            jacobian = torch.autograd.functional.jacobian(new_h, h)  # (n*m new, n*m old)
+            block = jacobian.view(n, jacobian.shape[0] // n, n, -1).transpose(1, 2)  # (n new, n old, m, m)
+            torch.manual_seed(7)
+            active = layer(h.unsqueeze(0), h.unsqueeze(0) if config.cell == "gru" else c, *inputs).active[0]  # (n,)
+            for j in range(n):
+                for i in range(n):
+                    if not active[j]:
+                        expected = torch.eye(block.shape[-1], dtype=block.dtype) if i == j else torch.zeros_like(block[i, j])
+                        assert torch.equal(block[i, j], expected), f"layer {index}: gradient from inactive {j} into {i}"
+                    elif i != j and active[i]:
+                        coupled += int(torch.count_nonzero(block[i, j]) > 0)
+    if config.communication:
+        assert coupled > 0, "communication couples no active modules"
+    else:
+        assert coupled == 0, "modules coupled without communication"
+
+
 # ---- 3. top-down: layer l at t reads layer l+1 at t-1, and only when on ------------------------------
 
 

@@ -23,7 +23,13 @@ from brims.train.run import load_trained
 
 WORDS = "the cat sat on a mat and then it ran off to see the dog who was sleeping".split()
 TINY = {"hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
-        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4, "compile": False}
+        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4}
+
+
+def tiny_core(kind: str, **options) -> CoreConfig:
+    """The tiny core of each kind (RIMs: one layer of the stack's total size)."""
+    sizes = {"hidden_sizes": [16], "num_modules": [2], "top_k": [1]} if kind == "rims" else {}
+    return CoreConfig(kind=kind, brims={**TINY, **sizes, **options})
 
 
 def documents(seed: int, count: int = 3, paragraphs: int = 40) -> list[list[str]]:
@@ -41,7 +47,7 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("kind", ["brims", "rims", "brims-no-top-down", "lstm"])
 def test_language_model_shapes_and_state(kind):
-    model = LanguageModel(CoreConfig(kind=kind, **TINY), vocab_size=11, embedding_size=6, dropout=0.0, tie=False)
+    model = LanguageModel(tiny_core(kind), vocab_size=11, embedding_size=6, dropout=0.0, tie=False)
     tokens = torch.randint(0, 11, (3, 7))
     logits, state = model(tokens)
     assert logits.shape == (3, 7, 11)
@@ -53,7 +59,7 @@ def test_language_model_shapes_and_state(kind):
 @pytest.mark.parametrize("kind", ["brims", "lstm"])
 def test_carrying_the_state_equals_reading_the_whole_text(kind):
     torch.manual_seed(0)
-    model = LanguageModel(CoreConfig(kind=kind, **{**TINY, "attention_dropout": 0.0}), 11, 6, 0.0, False).double()
+    model = LanguageModel(tiny_core(kind, attention_dropout=0.0), 11, 6, 0.0, False).double()
     model.eval()
     tokens = torch.randint(0, 11, (2, 9))
     whole, _ = model(tokens)
@@ -63,14 +69,14 @@ def test_carrying_the_state_equals_reading_the_whole_text(kind):
 
 
 def test_tied_weights_are_one_parameter_and_need_equal_sizes():
-    model = LanguageModel(CoreConfig(kind="lstm", hidden_sizes=(6, 6)), 11, 6, 0.1, tie=True)
+    model = LanguageModel(CoreConfig(kind="lstm", brims={"hidden_sizes": (6, 6)}), 11, 6, 0.1, tie=True)
     assert model.readout.weight is model.embedding.weight
     with pytest.raises(ValueError, match="tie_weights"):
-        LanguageModel(CoreConfig(kind="lstm", hidden_sizes=(8, 8)), 11, 6, 0.1, tie=True)
+        LanguageModel(CoreConfig(kind="lstm", brims={"hidden_sizes": (8, 8)}), 11, 6, 0.1, tie=True)
 
 
 def test_sample_is_seeded_and_checks_its_arguments():
-    model = LanguageModel(CoreConfig(kind="brims", **TINY), 11, 6, 0.0, False)
+    model = LanguageModel(tiny_core("brims"), 11, 6, 0.0, False)
     prompt = torch.tensor([1, 2])
     first = sample(model, prompt, 12, 0.8, torch.Generator().manual_seed(3))
     again = sample(model, prompt, 12, 0.8, torch.Generator().manual_seed(3))
@@ -112,7 +118,7 @@ def lm_config(corpus_dir: Path, **train) -> dict:
         "task": "lm",
         "data": {"corpus": "austen", "seq_len": 8, "batch_size": 4, "eval_batch_size": 3, "noise": [0.3],
                  "data_dir": str(corpus_dir)},
-        "model": {"embedding_size": 8, "dropout": 0.1, "tie_weights": True, "core": {"kind": "brims", **TINY}},
+        "model": {"embedding_size": 8, "dropout": 0.1, "tie_weights": True, "core": {"kind": "brims", "compile": False, "brims": TINY}},
         "train": {"epochs": 1, "max_steps": 12, "lr": 0.01, "checkpoint_every": 4, "validate_every": 6,
                   "accelerator": "cpu", "devices": 1, "threads": 1, **train},
     }

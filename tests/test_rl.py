@@ -36,11 +36,17 @@ TINY_CORE = {"hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "in
              "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4}
 
 
+def tiny_core(kind: str) -> dict:
+    """The tiny core of each kind as a config section (RIMs: one layer)."""
+    one_layer = {"hidden_sizes": [16], "num_modules": [2], "top_k": [1]} if kind == "rims" else {}
+    return {"kind": kind, "brims": {**TINY_CORE, **one_layer}}
+
+
 def tiny_config(env: dict | None = None, ppo: dict | None = None, train: dict | None = None, kind: str = "brims") -> dict:
     return {
         "task": "rl",
         "env": {"id": "CartPole-v1", "hide_velocity": True, "num_envs": 2, **(env or {})},
-        "model": {"encoder_size": 8, "core": {"kind": kind, **TINY_CORE}},
+        "model": {"encoder_size": 8, "core": tiny_core(kind)},
         "ppo": {"total_steps": 256, "rollout_steps": 32, "chunk_length": 8, "epochs": 2, "minibatches": 2,
                 **(ppo or {})},
         "train": {"threads": 1, "checkpoint_every": 1, "eval_episodes": 3, **(train or {})},
@@ -77,7 +83,7 @@ def test_presets_load(preset):
     ("env.hide_velocity=true env.id=Acrobot-v1", "env.hide_velocity"),
     ("ppo.chunk_length=48", "ppo.rollout_steps"),
     ("ppo.minibatches=7", "ppo.minibatches"),
-    ("model.core.attention_dropout=0.1", "attention_dropout"),
+    ("model.core.brims.attention_dropout=0.1", "model.core.brims.attention_dropout"),
     ("train.device=tpu", "train.device"),
     ("ppo.gamma=1.5", "ppo.gamma"),
 ])
@@ -143,7 +149,7 @@ def test_sequence_equals_steps_with_resets(kind, image):
     """The update re-runs chunks as sequences; they must equal the rollout's step-by-step run,
     including state resets at episode starts inside the chunk."""
     torch.manual_seed(0)
-    config = load_rl_config(base={"model": {"encoder_size": 8, "core": {"kind": kind, **TINY_CORE}}}).model
+    config = load_rl_config(base={"model": {"encoder_size": 8, "core": tiny_core(kind)}}).model
     env = make_env(EnvConfig(id="MiniGrid-MemoryS7-v0") if image else EnvConfig(hide_velocity=True))
     spaces = check_spaces("test", env.observation_space, env.action_space)
     agent = RecurrentActorCritic(spaces, config).eval()

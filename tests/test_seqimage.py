@@ -147,13 +147,15 @@ KIND_CELLS = [(kind, cell) for kind in CORE_KINDS for cell in (("lstm",) if kind
 
 def core_config(kind: str, cell: str = "lstm", **overrides) -> CoreConfig:
     options = dict(
-        kind=kind, cell=cell, hidden_sizes=(8, 4), num_modules=(4, 2), top_k=(2, 1),
+        cell=cell, hidden_sizes=(8, 4), num_modules=(4, 2), top_k=(2, 1),
         input_heads=2, input_key_size=4, comm_heads=2, comm_key_size=3, comm_value_size=3,
     )
     if kind == "lstm":
         options["hidden_sizes"] = (8, 8)
+    if kind == "rims":
+        options.update(hidden_sizes=(12,), num_modules=(4,), top_k=(2,))
     options.update(overrides)
-    return CoreConfig(**options)
+    return CoreConfig(kind=kind, brims=options)
 
 
 def classifier(kind: str, cell: str = "lstm", seed: int = 0) -> SequenceClassifier:
@@ -218,7 +220,7 @@ def test_lstm_core_has_no_diagnostics():
 
 
 def test_lstm_core_needs_equal_hidden_sizes():
-    with pytest.raises(ValueError, match="equal hidden_sizes"):
+    with pytest.raises(ValueError, match=r"equal model\.core\.brims\.hidden_sizes"):
         SequenceClassifier(core_config("lstm", hidden_sizes=(8, 6)), CHANNELS, VOCAB, EMBEDDING, CLASSES)
 
 
@@ -227,7 +229,7 @@ def test_lstm_core_rejects_a_cell():
         core_config("lstm", cell="gru")
 
 
-def test_rims_is_one_layer_holding_the_total_hidden_size():
+def test_rims_is_one_layer_without_top_down():
     config = core_config("rims")
     assert config.hidden_size == 12
     model = SequenceClassifier(config, CHANNELS, VOCAB, EMBEDDING, CLASSES)
@@ -261,6 +263,38 @@ def test_classifier_rejects_wrong_token_shape():
         model(torch.zeros(BATCH, STEPS, CHANNELS + 1, dtype=torch.uint8))
     with pytest.raises(ValueError, match="tokens"):
         model(torch.zeros(BATCH, STEPS, dtype=torch.uint8))
+
+
+def test_rims_refuses_options_of_several_layers():
+    """No silent reshaping: a stack's options are refused for the one-layer core, with the fix."""
+    with pytest.raises(ValueError, match=r"kind=rims is one layer.*has 2 \(\[8, 4\]\).*hidden_sizes=\[600\]"):
+        core_config("rims", hidden_sizes=(8, 4), num_modules=(4, 2), top_k=(2, 1))
+
+
+@pytest.mark.parametrize("kind", ["rims", "brims-no-top-down", "lstm"])
+def test_only_brims_takes_a_top_down_option(kind):
+    with pytest.raises(ValueError, match=f"top_down is set by the kind: {kind} has no top-down"):
+        CoreConfig(kind=kind, brims={"top_down": True})
+
+
+@pytest.mark.parametrize("name", ["input_size", "batch_first"])
+def test_core_config_refuses_what_the_task_sets(name):
+    with pytest.raises(ValueError, match=f"model.core.brims.{name} is set by the task"):
+        CoreConfig(brims={name: 3})
+
+
+def test_core_config_names_an_unknown_brims_option():
+    with pytest.raises(ValueError, match=r"unknown field model\.core\.brims\.heads; the BRIMsConfig fields are"):
+        CoreConfig(brims={"heads": 3})
+
+
+def test_core_config_passes_every_brims_option_through():
+    """Every BRIMsConfig field the experiments can set reaches the model (none copied, none lost)."""
+    config = core_config("brims", input_value_factor=2, attention_dropout=0.2, communication=False, comm_heads=1)
+    network = SequenceClassifier(config, CHANNELS, VOCAB, EMBEDDING, CLASSES).core.network
+    assert network.config == config.brims_config(EMBEDDING)
+    assert (network.config.input_value_factor, network.config.attention_dropout) == (2, 0.2)
+    assert network.config.communication is False and network.config.comm_heads == 1
 
 
 def test_core_config_rejects_unknown_kind():

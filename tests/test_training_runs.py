@@ -68,10 +68,13 @@ def tiny_config(data_dir: Path | str, **sections) -> dict:
         "model": {
             "embedding_size": 8,
             "core": {
-                "kind": "brims", "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1],
-                "input_heads": 1, "input_key_size": 4, "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4,
-                "attention_dropout": 0.1,  # dropout draws random numbers: resuming must restore them
+                "kind": "brims",
                 "compile": False,
+                "brims": {
+                    "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1,
+                    "input_key_size": 4, "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4,
+                    "attention_dropout": 0.1,  # dropout draws random numbers: resuming must restore them
+                },
             },
         },
         "train": {
@@ -223,7 +226,7 @@ def test_training_a_finished_run_again_does_no_steps(finished_run, tmp_path):
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"train": {"lr": 0.02}}, "train.lr"), ({"model": {"core": {"kind": "rims"}}}, "model.core.kind")],
+    [({"train": {"lr": 0.02}}, "train.lr"), ({"model": {"core": {"kind": "brims-no-top-down"}}}, "model.core.kind")],
     ids=["train.lr", "model.core.kind"],
 )
 def test_run_folder_with_a_different_config(tmp_path, data_dir, capsys, change, field):

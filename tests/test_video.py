@@ -29,7 +29,7 @@ from brims.train.tasks import make_task
 
 TINY_CORE = {
     "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
-    "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4, "compile": False,
+    "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4,
 }
 
 
@@ -141,8 +141,8 @@ SIZE, FRAMES, TEACHER = 16, 7, 3
 
 def tiny_model(kind: str = "brims", frame_skip: bool = False, seed: int = 0) -> VideoPredictor:
     torch.manual_seed(seed)
-    core = CoreConfig(kind=kind, **{**TINY_CORE, "hidden_sizes": [8] if kind == "rims" else [8, 8],
-                                    "attention_dropout": 0.0})
+    one_layer = {"hidden_sizes": [8], "num_modules": [2], "top_k": [1]} if kind == "rims" else {}
+    core = CoreConfig(kind=kind, brims={**TINY_CORE, **one_layer, "attention_dropout": 0.0})
     return VideoPredictor(core, SIZE, TEACHER, embedding_size=8, channels=2, conv_layers=2,
                           frame_skip=frame_skip).eval()
 
@@ -214,7 +214,7 @@ def test_model_input_errors():
     with pytest.raises(ValueError, match="nothing to roll out"):
         model(torch.zeros(2, TEACHER, SIZE, SIZE))
     with pytest.raises(ValueError, match="multiple of 4"):
-        VideoPredictor(CoreConfig(kind="lstm", hidden_sizes=(8, 8)), 18, 2, 8, 2, 2)
+        VideoPredictor(CoreConfig(kind="lstm", brims={"hidden_sizes": (8, 8)}), 18, 2, 8, 2, 2)
 
 
 # ---- configs, data module ---------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def run_config(tmp_path: Path, dataset: str, **data) -> Path:
         "data": {"dataset": dataset, "frame_size": 16, "frames": 6, "teacher_frames": 2, "objects": 2,
                  "test_objects": [3], "train_sequences": 48, "validation_sequences": 16, "test_sequences": 20,
                  "batch_size": 8, "eval_batch_size": 16, **data},  # 20 test sequences in 16s: a short last batch
-        "model": {"embedding_size": 8, "conv_channels": 2, "conv_layers": 2, "frame_skip": True, "core": TINY_CORE},
+        "model": {"embedding_size": 8, "conv_channels": 2, "conv_layers": 2, "frame_skip": True, "core": {"kind": "brims", "brims": TINY_CORE}},
         "train": {"epochs": 1, "lr": 0.01, "checkpoint_every": 1, "accelerator": "cpu", "devices": 1, "threads": 1},
     }
     path = tmp_path / f"{dataset}.yaml"

@@ -147,10 +147,10 @@ def _build_demo_model(args: argparse.Namespace, parser: argparse.ArgumentParser,
         "top_k": tuple(args.top_k or DEMO_BRIMS["top_k"]),
     }
     try:
-        core = CoreConfig(kind=args.core, **sizes)
+        core = CoreConfig(kind=args.core, brims=sizes)
         return SequenceModel(core, vocab_size, DEMO_EMBEDDING, vocab_size, every_step=True)
     except ValueError as error:  # e.g. a hidden size not divisible by its module count
-        parser.error(str(error).replace("model.core.", "").replace("_", "-"))  # exits with status 2
+        parser.error(str(error).replace("model.core.brims: ", "").replace("model.core.brims.", "").replace("_", "-"))  # exits with status 2
         raise
 
 
@@ -160,8 +160,8 @@ def _describe_model(model: SequenceModel) -> str:
     if core.kind == "lstm":
         return f"LSTM, hidden {_format_sizes(core.hidden_sizes)}, {parameters:,} parameters"
     return (
-        f"BRIMs, hidden {_format_sizes(core.hidden_sizes)}, modules {_format_sizes(core.num_modules)}, "
-        f"active {_format_sizes(core.top_k)}, {parameters:,} parameters"
+        f"BRIMs, hidden {_format_sizes(core.hidden_sizes)}, modules {_format_sizes(core.option('num_modules'))}, "
+        f"active {_format_sizes(core.option('top_k'))}, {parameters:,} parameters"
     )
 
 

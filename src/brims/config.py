@@ -1,10 +1,11 @@
-"""Typed configuration of a BRIMs network, validated at construction."""
+"""Typed configuration of a BRIMs network, validated at construction: the one declaration of its options."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 CELL_TYPES = ("lstm", "gru")
 
@@ -125,8 +126,19 @@ class BRIMsConfig:
     def module_size(self, layer: int) -> int:
         return self.hidden_sizes[layer] // self.num_modules[layer]
 
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> BRIMsConfig:
+        """The config of a plain mapping (what :meth:`to_dict` writes), naming any unknown key."""
+        if not isinstance(options, Mapping):
+            raise TypeError(f"a BRIMs config must be a BRIMsConfig or a mapping of its fields, got {type(options).__name__}")
+        known = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"unknown BRIMsConfig field {unknown[0]!r}; the fields are {', '.join(known)}")
+        return cls(**options)
+
     def to_dict(self) -> dict:
-        """Plain dict (lists for tuples) for YAML/JSON; ``BRIMsConfig(**d)`` reads it back."""
+        """Plain dict (lists for tuples) for YAML/JSON; :meth:`from_dict` reads it back."""
         return {
             field.name: list(value) if isinstance(value, tuple) else value
             for field in dataclasses.fields(self)

@@ -1,20 +1,11 @@
-"""One BRIMs layer, one time step.
+"""One BRIMs layer, one time step: the paper's steps in order (docs/design.md, "One time step").
 
-Dimension legend: n = modules, B = batch, m = units per module, k = active modules,
-G = gates per module (4m LSTM, 3m GRU), H = input heads, D = input key size,
-S = non-null slots, A = attended input per module, P = H * D + A (one slot's keys+values).
+Dimension legend: B = batch, n = modules, m = units per module, S = non-null slots (1 or 2),
+A = attended input per module, F = features of the layer below, F' = of the layer above.
 
-Step of layer l (design.md §2):
-  1. queries from each module's previous state, fused with the recurrent gate matmul:
-     ``[h W_hh + b | q] = h_{t-1} [W_hh | W_Q / sqrt(D)]``;
-  2. input attention over ``[null, bottom-up, top-down]`` gives ``a_k`` and the null score;
-  3. the k modules with the lowest null score (head-averaged) are active;
-  4. each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``;
-  5. active modules add the gated communication read;
-  6. active modules take the new state, inactive ones keep theirs bit for bit.
-
-``BRIMsLayer.step_backward`` is the hand-written gradient of ``step`` that ``brims.sequence``
-runs in place of autograd; ``step`` returns what it needs (``StepSaved``).
+The layer's state enters and leaves as ``(B, n*m)`` (module ``k`` owns units ``k*m ..
+(k+1)*m - 1``); inside the step it is module-first, ``(n, B, m)``, the layout of the grouped
+matmuls. Autograd differentiates all of it.
 """
 
 from __future__ import annotations
@@ -24,51 +15,18 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from brims.attention import (
-    CommSaved,
-    Communication,
-    InputAttention,
-    attend_slots,
-    attend_slots_backward,
-    communicate,
-    communicate_backward,
-)
+from brims.attention import Communication, InputAttention
 from brims.config import BRIMsConfig
-from brims.grouped import gru_backward, gru_finish, lstm_backward, lstm_finish, make_cell
+from brims.grouped import make_cell
 
 
-class LayerWeights(NamedTuple):
-    """A layer's parameters folded once per forward pass (cheap; gradients flow through)."""
+class LayerStep(NamedTuple):
+    """What one step of a layer produces."""
 
-    hidden_weight: Tensor  # (n, m, G + H*D): [W_hh | W_Q / sqrt(D)]
-    hidden_bias: Tensor  # (n, 1, G + H*D)
-    comm_qkv: Tensor | None  # (n, m, Hc*(2Dc + Vc))
-    comm_out_weight: Tensor | None  # (n, Hc*Vc, 2m)
-    comm_out_bias: Tensor | None  # (n, 2m)
-    input_weight: Tensor  # (n, A, G): the cell's W_ih
-    input_bias: Tensor | None  # (n, G): GRU's b_ih (an LSTM's bias is in hidden_bias)
-
-
-class StepSaved(NamedTuple):
-    """What :meth:`BRIMsLayer.step_backward` needs from the forward of one step."""
-
-    hidden: Tensor  # (n, B, G + H*D): [h W_hh + b | q]
-    probs: Tensor  # (n, B, H, 1 + S)
-    attended: Tensor  # (n, B, A)
-    active: Tensor  # (n, B) bool
-    cell: tuple[Tensor, Tensor, Tensor]  # see lstm_finish / gru_finish
-    h_read: Tensor | None  # (n, B, m): what communication read
-    comm: CommSaved | None
-
-
-class StepGrads(NamedTuple):
-    """Gradients ``dy_t`` of one step's matmul outputs; the caller adds the weight gradients
-    ``x_t^T dy_t`` (see ``brims.sequence``)."""
-
-    hidden: Tensor  # (n, B, G + H*D), input h_{t-1}
-    cell_input: Tensor  # (n, B, G), input attended
-    comm_qkv: Tensor | None  # (n, B, Hc(2Dc+Vc)), input h_read
-    comm_out: Tensor | None  # (n, B, 2m), input read
+    h: Tensor  # (B, n*m)
+    c: Tensor  # (B, n*m); GRU: the same tensor as h
+    active: Tensor  # (B, n) bool: the modules that updated
+    attention: Tensor  # (B, n, 1 + S): head-averaged input attention, null slot first
 
 
 def select_top_k(null_score: Tensor, k: int) -> Tensor:
@@ -94,159 +52,81 @@ def select_top_k(null_score: Tensor, k: int) -> Tensor:
 
 
 class BRIMsLayer(nn.Module):
+    """Layer ``l`` of BRIMs: ``n`` modules, ``k`` of which update at each step.
+
+    1. **Slots**: ``[null, bottom-up h^{l-1}_t, top-down h^{l+1}_{t-1}]`` (no top-down for the
+       top layer, or with ``top_down=False``).
+    2. **Input attention**: each module queries the slots from its own ``h_{t-1}`` and gets
+       ``a_k`` and its attention on null (averaged over heads).
+    3. **Competition**: the ``k`` modules that attend least to null are active.
+    4. **Independent dynamics**: each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``.
+    5. **Communication**: modules read ``h̃`` through attention, and active modules add the
+       gated read to their proposal.
+    6. **Write-back**: active modules take the new state; inactive ones keep ``h, c`` bit for bit.
+
+    Note (departure from the released code): communication reads the state inactive modules
+    hold, ``h_{t-1}`` (the RIMs paper's equation), not their discarded proposals; like the
+    released code's ``blocked_grad``, no gradient flows through that read into inactive modules.
+    """
+
     def __init__(self, config: BRIMsConfig, index: int) -> None:
         super().__init__()
         self.num_modules = config.num_modules[index]
-        self.module_size = config.module_size(index)
         self.top_k = config.top_k[index]
         self.is_gru = config.cell == "gru"
+        module_size = config.module_size(index)
+        attended_size = config.input_value_factor * module_size
         bottom_up_size = config.input_size if index == 0 else config.hidden_sizes[index - 1]
-        has_top_down = config.top_down and index < config.num_layers - 1
-        top_down_size = config.hidden_sizes[index + 1] if has_top_down else None
-        value_size = config.input_value_factor * self.module_size
+        reads_top_down = config.top_down and index < config.num_layers - 1
         self.input_attention = InputAttention(
             self.num_modules,
-            self.module_size,
+            module_size,
             bottom_up_size,
-            top_down_size,
+            config.hidden_sizes[index + 1] if reads_top_down else None,
             config.input_heads,
             config.input_key_size,
-            value_size,
+            attended_size,
+            config.attention_dropout,
         )
-        self.cell = make_cell(config.cell, self.num_modules, value_size, self.module_size)
-        self.communication = (
-            Communication(
-                self.num_modules, self.module_size, config.comm_heads, config.comm_key_size, config.comm_value_size
+        self.cell = make_cell(config.cell, self.num_modules, attended_size, module_size)
+        self.communication = None
+        if config.communication:
+            self.communication = Communication(
+                self.num_modules,
+                module_size,
+                config.comm_heads,
+                config.comm_key_size,
+                config.comm_value_size,
+                config.attention_dropout,
             )
-            if config.communication
-            else None
-        )
 
     @property
-    def slot_width(self) -> int:
-        """P: width of one slot's keys and values."""
-        return self.input_attention.bottom_up.out_features
+    def reads_top_down(self) -> bool:
+        return self.input_attention.top_down is not None
 
-    def prepare(self) -> LayerWeights:
-        attention = self.input_attention
-        hidden_weight = torch.cat([self.cell.weight_hh, attention.scaled_query_weight()], dim=-1)
-        query_bias = self.cell.weight_hh.new_zeros(self.num_modules, attention.heads * attention.key_size)
-        hidden_bias = torch.cat([self.cell.hidden_bias(), query_bias], dim=-1).unsqueeze(1)
-        input_bias = self.cell.bias_ih if self.is_gru else None
-        folded = (hidden_weight, hidden_bias)
-        if self.communication is None:
-            return LayerWeights(*folded, None, None, None, self.cell.weight_ih, input_bias)
-        comm = self.communication
-        return LayerWeights(
-            *folded, comm.scaled_qkv_weight(), comm.out.weight, comm.out.bias, self.cell.weight_ih, input_bias
-        )
+    def forward(self, h: Tensor, c: Tensor, bottom_up: Tensor, top_down: Tensor | None) -> LayerStep:
+        """One step from the state ``h, c (B, n*m)``, the layer below's ``h^{l-1}_t (B, F)`` and the
+        layer above's ``h^{l+1}_{t-1} (B, F')`` (None when the layer reads no top-down)."""
+        batch = h.shape[0]
+        h = h.view(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)
+        c = c.view(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)
 
-    def step(
-        self,
-        weights: LayerWeights,
-        h: Tensor,
-        c: Tensor,
-        slots: Tensor,
-        input_dropout: Tensor | None,
-        comm_dropout: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, StepSaved]:
-        """Advance one step.
+        # 1-2. Input attention over the slots [null, bottom-up, top-down].
+        attended, attention = self.input_attention(h, bottom_up, top_down)  # (n, B, A), (n, B, 1 + S)
 
-        Args:
-            h, c: ``(n, B, m)`` previous state (for GRU, ``c`` is ignored and returned as ``h``).
-            slots: ``(B, S, P)`` projected non-null slots.
-            input_dropout: ``(n, B, H, S)`` or None; comm_dropout: ``(n, n, B, Hc)`` or None.
-
-        Returns:
-            new ``h``, new ``c`` (both ``(n, B, m)``), active ``(n, B)`` bool, head-averaged
-            input attention ``(n, B, 1 + S)``, and what :meth:`step_backward` needs (callers that
-            differentiate with autograd drop it).
-        """
-        attention = self.input_attention
-        n, batch, _ = h.shape
-        key_width = attention.heads * attention.key_size
-        # bmm, then add: a compiled step fuses the add into the next kernel, where baddbmm first copies the bias.
-        hidden = torch.bmm(h, weights.hidden_weight) + weights.hidden_bias  # (n, B, G + H*D)
-        hidden_gates, queries = hidden.split([hidden.shape[-1] - key_width, key_width], dim=-1)
-        queries = queries.view(n, batch, attention.heads, attention.key_size)  # (n, B, H, D)
-        attended, input_attention, probs = attend_slots(queries, slots, key_width, input_dropout)  # (n, B, A)
-        active = select_top_k(input_attention[..., 0], self.top_k)  # (n, B)
+        # 3. Competition: a hard, per-example choice that carries no gradient.
+        active = select_top_k(attention[..., 0], self.top_k)  # (n, B)
         keep = active.unsqueeze(-1)  # (n, B, 1)
-        if self.is_gru:
-            h_proposed, cell_saved = gru_finish(attended, hidden_gates, h, weights.input_weight, weights.input_bias)
-            c_proposed = h_proposed
-        else:
-            h_proposed, c_proposed, cell_saved = lstm_finish(attended, hidden_gates, c, weights.input_weight)
-        h_read, comm_saved = None, None
-        if self.communication is not None:
-            h_read = torch.where(keep, h_proposed, h)  # h̃: inactive modules still hold h_{t-1}
-            update, comm_saved = communicate(
-                h_read,
-                weights.comm_qkv,
-                weights.comm_out_weight,
-                weights.comm_out_bias,
-                self.communication.heads,
-                self.communication.key_size,
-                comm_dropout,
-            )
-            h_proposed = h_proposed + update
-        h_new = torch.where(keep, h_proposed, h)
-        c_new = h_new if self.is_gru else torch.where(keep, c_proposed, c)
-        saved = StepSaved(hidden, probs, attended, active, cell_saved, h_read, comm_saved)
-        return h_new, c_new, active, input_attention, saved
 
-    def step_backward(
-        self,
-        weights: LayerWeights,
-        saved: StepSaved,
-        h: Tensor,
-        c: Tensor,
-        slots: Tensor,
-        input_dropout: Tensor | None,
-        comm_dropout: Tensor | None,
-        dh_new: Tensor,
-        dc_new: Tensor | None,
-        d_attention: Tensor | None,
-    ) -> tuple[Tensor, Tensor | None, Tensor, StepGrads]:
-        """Gradients of :meth:`step` (hand-written; the top-k choice carries none).
+        # 4. Independent dynamics: every module's own cell (the inactive modules' proposals are dropped).
+        h_proposed, c_proposed = self.cell(attended, h, c)  # (n, B, m) each
 
-        ``h, c, slots`` and the masks are the step's inputs; ``dh_new, dc_new (n, B, m)`` and
-        ``d_attention (n, B, 1 + S)`` the gradients of its outputs (GRU: ``dc_new`` is None, all
-        of the state's gradient is in ``dh_new``). Returns ``d h``, ``d c`` (None for GRU),
-        ``d slots (B, S, P)`` and the gradients of the step's matmul outputs.
-        """
-        attention = self.input_attention
-        n, batch, _ = h.shape
-        key_width = attention.heads * attention.key_size
-        keep = saved.active.unsqueeze(-1)  # (n, B, 1)
-        zero = dh_new.new_zeros(())
-        d_proposed = torch.where(keep, dh_new, zero)  # inactive modules pass their gradient straight to h_{t-1}
-        dh = torch.where(keep, zero, dh_new)
-        comm_qkv_grad, comm_out_grad = None, None
+        # 5. Communication: read h̃ (the inactive modules' h_{t-1}, detached) and add to the proposals.
         if self.communication is not None:
-            d_read, comm_qkv_grad, comm_out_grad = communicate_backward(
-                d_proposed,
-                saved.comm,
-                weights.comm_qkv,
-                weights.comm_out_weight,
-                self.communication.key_size,
-                comm_dropout,
-            )
-            d_proposed = d_proposed + torch.where(keep, d_read, zero)
-            dh = dh + torch.where(keep, zero, d_read)
-        if self.is_gru:
-            d_input_gates, d_hidden_gates, dh_direct = gru_backward(saved.cell, h, d_proposed)
-            dh = dh + dh_direct
-            dc = None
-        else:
-            d_gates, dc = lstm_backward(saved.cell, c, d_proposed, torch.where(keep, dc_new, zero))  # (n, B, 4m)
-            dc = dc + torch.where(keep, zero, dc_new)
-            d_input_gates = d_hidden_gates = d_gates
-        d_attended = torch.bmm(d_input_gates, weights.input_weight.transpose(1, 2))  # (n, B, A)
-        queries = saved.hidden[..., -key_width:].view(n, batch, attention.heads, attention.key_size)  # (n, B, H, D)
-        d_queries, d_slots = attend_slots_backward(
-            d_attended, d_attention, queries, slots, saved.probs, key_width, input_dropout
-        )  # (n, B, H, D), (B, S, P)
-        d_hidden = torch.cat([d_hidden_gates, d_queries.flatten(2)], dim=-1)  # (n, B, G + H*D)
-        dh = dh + torch.bmm(d_hidden, weights.hidden_weight.transpose(1, 2))
-        return dh, dc, d_slots, StepGrads(d_hidden, d_input_gates, comm_qkv_grad, comm_out_grad)
+            h_read = torch.where(keep, h_proposed, h.detach())  # (n, B, m)
+            h_proposed = h_proposed + self.communication(h_read)
+
+        # 6. Write-back: inactive modules keep h and c exactly.
+        h_new = torch.where(keep, h_proposed, h).transpose(0, 1).reshape(batch, -1)  # (B, n*m)
+        c_new = h_new if self.is_gru else torch.where(keep, c_proposed, c).transpose(0, 1).reshape(batch, -1)
+        return LayerStep(h_new, c_new, active.t(), attention.transpose(0, 1))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from brims.network import BRIMsState
+from brims.cell import BRIMsState
 from brims.rl.config import RLModelConfig
 from brims.rl.envs import EnvSpaces
 from brims.tasks.cores import RecurrentCore
@@ -121,7 +121,7 @@ class RecurrentActorCritic(nn.Module):
         nn.init.zeros_(self.value.bias)
         core = config.core
         # Flat state: BRIMs (h per layer, then c per layer); LSTM (h of every layer, then c).
-        self._state_sizes = list(core.hidden_sizes) * 2 if core.kind != "rims" else [sum(core.hidden_sizes)] * 2
+        self._state_sizes = list(core.hidden_sizes) * 2
         self.state_size = sum(self._state_sizes)
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> Tensor:

@@ -67,16 +67,17 @@ class RLModelConfig:
     encoder_size: features the observation encoder (MLP or CNN) hands the core at each step.
     """
 
-    core: CoreConfig = field(default_factory=lambda: CoreConfig(
+    core: CoreConfig = field(default_factory=lambda: CoreConfig(brims=dict(
         hidden_sizes=(64, 64), num_modules=(4, 2), top_k=(2, 1), input_heads=1, input_key_size=16,
-        comm_heads=1, comm_key_size=16, comm_value_size=16, attention_dropout=0.0))
+        comm_heads=1, comm_key_size=16, comm_value_size=16, attention_dropout=0.0)))
     encoder_size: int = 64
 
     def __post_init__(self) -> None:
         _positive_int("model.encoder_size", self.encoder_size)
         # The rollout acts in eval mode and the update trains: dropout would make them differ.
-        _require(self.core.attention_dropout == 0, "model.core.attention_dropout must be 0 for rl "
-                 f"(the acting and the updated policy would differ), got {self.core.attention_dropout}")
+        dropout = self.core.option("attention_dropout")
+        _require(dropout == 0, "model.core.brims.attention_dropout must be 0 for rl "
+                 f"(the acting and the updated policy would differ), got {dropout}")
 
 
 @dataclass(frozen=True)

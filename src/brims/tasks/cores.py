@@ -2,9 +2,9 @@
 
 - ``brims``: :class:`brims.BRIMs` (layers with top-down, the paper's model);
 - ``brims-no-top-down``: the same stack with ``top_down=False`` (stacked RIMs, the ablation);
-- ``rims``: :class:`brims.RIMs`, one layer holding the stack's total hidden size, with the
-  first layer's module count and ``top_k`` (the RIMs paper: 600 units, 6 modules, 4 active);
-- ``lstm``: ``torch.nn.LSTM`` with the stack's layers and sizes (same total hidden size).
+- ``rims``: :class:`brims.RIMs`, one layer without top-down (the RIMs paper: 600 units, 6
+  modules, 4 active); its ``brims`` options must describe one layer;
+- ``lstm``: ``torch.nn.LSTM`` with the ``brims`` options' layers and (equal) hidden sizes.
 
 Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across calls.
 """
@@ -12,93 +12,115 @@ Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across call
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor, nn
 
 from brims.config import BRIMsConfig
-from brims.network import BRIMs
+from brims.model import BRIMs
 
 CORE_KINDS = ("brims", "rims", "brims-no-top-down", "lstm")
 MODULAR_KINDS = ("brims", "rims", "brims-no-top-down")
+BRIMS_FIELDS = tuple(f.name for f in dataclasses.fields(BRIMsConfig))
+SET_BY_THE_TASK = ("input_size", "batch_first")  # the task's input width; the harness runs time-first
 
 
 @dataclass(frozen=True)
 class CoreConfig:
-    """Which core and its sizes; attention options go to BRIMs/RIMs and are ignored by the LSTM.
+    """Which core, whether to compile it, and the options of :class:`brims.BRIMsConfig`.
 
     Attributes:
         kind: one of ``brims``, ``rims``, ``brims-no-top-down``, ``lstm``.
-        compile: wrap each BRIMs time step in ``torch.compile`` (``BRIMs.compile_step``).
+        compile: run the modular cores' time loop through ``torch.compile`` (``BRIMs.compile_step``).
+        brims: fields of :class:`brims.BRIMsConfig` (its defaults for the rest), except
+            ``input_size`` and ``batch_first``, which the task sets. ``top_down`` follows the
+            kind. The ``lstm`` core reads only ``hidden_sizes`` (one LSTM layer each, equal
+            sizes) and ignores the attention options, so that one preset serves every kind.
     """
 
     kind: str = "brims"
-    cell: str = "lstm"
-    hidden_sizes: tuple[int, ...] = (300, 300)
-    num_modules: tuple[int, ...] = (6, 3)
-    top_k: tuple[int, ...] = (4, 2)
-    communication: bool = True
-    input_heads: int = 4
-    input_key_size: int = 64
-    comm_heads: int = 4
-    comm_key_size: int = 32
-    comm_value_size: int = 32
-    attention_dropout: float = 0.1
     compile: bool = False
+    brims: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in CORE_KINDS:
             raise ValueError(f"model.core.kind must be one of {CORE_KINDS}, got {self.kind!r}")
-        for name in ("hidden_sizes", "num_modules", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
-        if self.kind == "lstm" and self.cell != "lstm":
-            raise ValueError(f"model.core.cell={self.cell!r} has no meaning for the lstm core; leave it 'lstm'")
-        if self.kind != "lstm":  # the module options mean nothing to the LSTM
-            # Validate the sizes now (naming the field), not when the model is built mid-run.
-            self.brims_config(input_size=1)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"model.core.compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.brims, dict):
+            raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")
+        for name in self.brims:
+            if name in SET_BY_THE_TASK:
+                raise ValueError(f"model.core.brims.{name} is set by the task, not by the config")
+            if name not in BRIMS_FIELDS:
+                known = ", ".join(f for f in BRIMS_FIELDS if f not in SET_BY_THE_TASK)
+                raise ValueError(f"unknown field model.core.brims.{name}; the BRIMsConfig fields are {known}")
+        if "top_down" in self.brims and self.kind != "brims":
+            raise ValueError(f"model.core.brims.top_down is set by the kind: {self.kind} has no top-down")
+        if self.kind == "lstm" and self.brims.get("cell", "lstm") != "lstm":
+            raise ValueError(f"model.core.brims.cell={self.brims['cell']!r} has no meaning for the lstm core")
+        # Tuples, so that a config read from YAML equals one built in code.
+        object.__setattr__(self, "brims", {k: tuple(v) if isinstance(v, list) else v for k, v in self.brims.items()})
+        # Validate now (naming the field), not when the model is built mid-run.
+        if self.kind == "lstm":
+            if len(set(self.hidden_sizes)) != 1:
+                raise ValueError(f"the lstm core needs equal model.core.brims.hidden_sizes, got {list(self.hidden_sizes)}")
+            return
+        config = self.brims_config(input_size=1)
+        if self.kind == "rims" and config.num_layers != 1:
+            raise ValueError(
+                f"model.core.kind=rims is one layer, but model.core.brims.hidden_sizes has {config.num_layers} "
+                f"({list(config.hidden_sizes)}): give hidden_sizes, num_modules and top_k one entry each, "
+                "e.g. model.core.brims.hidden_sizes=[600] model.core.brims.num_modules=[6] model.core.brims.top_k=[4]"
+            )
+
+    @classmethod
+    def explain_unknown(cls, name: str) -> str | None:
+        """Why a field of the layout before brims 0.2 (BRIMs options directly under ``model.core``) is unknown."""
+        if name in BRIMS_FIELDS:
+            return (
+                f"model.core.{name}: the BRIMs options moved under model.core.brims in brims 0.2; "
+                f"write model.core.brims.{name} (in YAML, indent it under `brims:`)"
+            )
+        return None
+
+    def option(self, name: str) -> Any:
+        """The BRIMs option ``name``: as given, else :class:`BRIMsConfig`'s default."""
+        if name in self.brims:
+            return self.brims[name]
+        return BRIMsConfig.__dataclass_fields__[name].default
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        """Hidden size of each layer (validated as BRIMsConfig validates it, for every kind)."""
+        sizes = self.option("hidden_sizes")
+        layers = (1,) * len(sizes) if isinstance(sizes, tuple) else 1
+        try:  # the LSTM reads no module counts: validate the sizes alone
+            return BRIMsConfig(input_size=1, hidden_sizes=sizes, num_modules=layers, top_k=layers).hidden_sizes
+        except ValueError as error:
+            raise ValueError(f"model.core.brims.hidden_sizes: {error}") from None
 
     @property
     def hidden_size(self) -> int:
-        """Features of the core's output at each step."""
-        return sum(self.hidden_sizes) if self.kind == "rims" else self.hidden_sizes[-1]
+        """Features of the core's output at each step (the top layer's hidden size)."""
+        return self.hidden_sizes[-1]
 
     def brims_config(self, input_size: int) -> BRIMsConfig:
-        """The :class:`BRIMsConfig` of a modular core (also used to validate the sizes)."""
-        if self.kind == "rims":
-            layers: dict[str, Any] = {
-                "hidden_sizes": (sum(self.hidden_sizes),),
-                "num_modules": (self.num_modules[0],),
-                "top_k": (self.top_k[0],),
-                "top_down": False,
-            }
-        else:
-            layers = {
-                "hidden_sizes": self.hidden_sizes,
-                "num_modules": self.num_modules,
-                "top_k": self.top_k,
-                "top_down": self.kind != "brims-no-top-down",
-            }
+        """The :class:`BRIMsConfig` of this core for inputs of ``input_size`` features."""
+        top_down = {} if self.kind == "brims" else {"top_down": False}
         try:
-            return BRIMsConfig(
-                input_size=input_size,
-                cell=self.cell,
-                communication=self.communication,
-                input_heads=self.input_heads,
-                input_key_size=self.input_key_size,
-                comm_heads=self.comm_heads,
-                comm_key_size=self.comm_key_size,
-                comm_value_size=self.comm_value_size,
-                attention_dropout=self.attention_dropout,
-                **layers,
-            )
+            return BRIMsConfig(input_size=input_size, **self.brims, **top_down)
         except ValueError as error:
-            raise ValueError(str(error)) from None
+            # BRIMsConfig's messages start with the field they are about: name its path.
+            name = re.match(r"[a-z_]*", str(error)).group()
+            where = f"model.core.brims.{name}" if name in BRIMS_FIELDS else "model.core.brims"
+            raise ValueError(f"{where}: {error}") from None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        brims = {k: list(v) if isinstance(v, tuple) else v for k, v in self.brims.items()}
+        return {"kind": self.kind, "compile": self.compile, "brims": brims}
 
 
 class RecurrentCore(nn.Module):
@@ -109,13 +131,11 @@ class RecurrentCore(nn.Module):
         self.config = config
         self.network: nn.Module
         if config.kind == "lstm":
-            sizes = set(config.hidden_sizes)
-            if len(sizes) != 1:
-                raise ValueError(f"the lstm core needs equal hidden_sizes, got {config.hidden_sizes}")
-            self.network = nn.LSTM(input_size, config.hidden_sizes[0], num_layers=len(config.hidden_sizes))
+            sizes = config.hidden_sizes
+            self.network = nn.LSTM(input_size, sizes[0], num_layers=len(sizes))
         else:
             # RIMs is the one-layer, no-top-down BRIMs: the same class computes it.
-            self.network = BRIMs.from_config(config.brims_config(input_size))
+            self.network = BRIMs(config.brims_config(input_size))
             if config.compile:
                 self.network.compile_step()
 
@@ -134,4 +154,3 @@ class RecurrentCore(nn.Module):
             return self.network(x, state, return_diagnostics=True)
         output, state = self.network(x, state)  # (T, B, H)
         return output, state, None
-

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from brims.network import BRIMsState
+from brims.cell import BRIMsState
 from brims.tasks.cores import CoreConfig, RecurrentCore
 
 

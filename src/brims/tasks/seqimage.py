@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brims.network import BRIMsDiagnostics
+from brims.cell import BRIMsDiagnostics
 from brims.tasks.cores import CoreConfig, RecurrentCore
 
 BINARY_THRESHOLD = 128

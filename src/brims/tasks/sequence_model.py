@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from brims.network import BRIMsDiagnostics
+from brims.cell import BRIMsDiagnostics
 from brims.tasks.cores import CoreConfig, RecurrentCore
 
 

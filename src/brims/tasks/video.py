@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brims.network import BRIMsDiagnostics
+from brims.cell import BRIMsDiagnostics
 from brims.tasks.cores import CoreConfig, RecurrentCore
 
 Curtain = tuple[int, int]  # hidden columns [start, stop)

@@ -403,7 +403,9 @@ def _build(cls: type, values: Any, path: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ConfigError(f"unknown field {path + '.' if path else ''}{unknown[0]}; known: {sorted(known)}")
+        explain = getattr(cls, "explain_unknown", None)  # a section whose layout changed says how
+        reason = explain(unknown[0]) if explain else None
+        raise ConfigError(reason or f"unknown field {path + '.' if path else ''}{unknown[0]}; known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         sub = DATA_CONFIGS.get(values.get("task")) if (cls, name) == (ExperimentConfig, "data") else _SECTIONS.get((cls, name))
