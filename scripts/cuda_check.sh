@@ -31,13 +31,13 @@ python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightnin
 step cuda-tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_compile_cuda.py
 step speed 200 python3 benchmarks/speed.py --device cuda --compile-mode reduce-overhead
 runs=$(mktemp -d)
-step train-adding-bf16 100 python3 -m brims.cli train adding-cpu --run-dir "$runs/adding" --no-progress --set \
+step train-adding-bf16 100 python3 -m brims_experiments.cli train adding-cpu --run-dir "$runs/adding" --no-progress --set \
     train.accelerator=gpu train.precision=bf16-mixed train.max_steps=150 train.validate_every=50
-step test-adding 60 sh -c "python3 -m brims.cli test $runs/adding --no-progress && cat $runs/adding/metrics.json"
+step test-adding 60 sh -c "python3 -m brims_experiments.cli test $runs/adding --no-progress && cat $runs/adding/metrics.json"
 if [ -d "${BRIMS_DATA:-$HOME/.cache/brims/data}/austen" ]; then
-    step train-lm-fp16 100 python3 -m brims.cli train lm-austen-cpu --run-dir "$runs/lm" --no-progress --set \
+    step train-lm-fp16 100 python3 -m brims_experiments.cli train lm-austen-cpu --run-dir "$runs/lm" --no-progress --set \
         train.accelerator=gpu train.precision=16-mixed train.max_steps=150 train.validate_every=50
-    step test-lm 90 sh -c "python3 -m brims.cli test $runs/lm --no-progress && cat $runs/lm/metrics.json"
+    step test-lm 90 sh -c "python3 -m brims_experiments.cli test $runs/lm --no-progress && cat $runs/lm/metrics.json"
 fi
 parallel=$(python3 -c "import xdist" 2>/dev/null && echo "-n 8")
 step full-suite 240 python3 -m pytest -q -p no:cacheprovider $parallel tests

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from brims.cli import main
-from brims.train.checkpoint import read_checkpoint
+from brims_experiments.cli import main
+from brims_experiments.runs import read_checkpoint
 
 
 @contextlib.contextmanager
@@ -38,7 +38,7 @@ def brims(*argv: str) -> int:
 
 
 def cli_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "brims.cli", *argv]
+    return [sys.executable, "-m", "brims_experiments.cli", *argv]
 
 
 def kill_training(argv: list[str], run_dir: Path, min_step: int, timeout: float = 120) -> int:

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from brims.cli import main
-from brims.tasks.copying import (
+from brims_experiments.cli import main
+from brims_experiments.tasks.copying import (
     CopyingMetrics,
     CopyingTaskConfig,
     copy_scores,

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from brims.data.fetch import CIFAR_FILES, fetch_cifar10
-from brims.data.formats import read_cifar_batch, read_idx
-from brims.data.images import ImageSplit, load_image_split, save_image_dataset
-from brims.data.store import DATA_ENV, MANIFEST, DataCorruptError, DataMissingError, atomic_write, write_manifest
+from brims_experiments.data.fetch import CIFAR_FILES, fetch_cifar10
+from brims_experiments.data.formats import read_cifar_batch, read_idx
+from brims_experiments.data.images import ImageSplit, load_image_split, save_image_dataset
+from brims_experiments.data.store import DATA_ENV, MANIFEST, DataCorruptError, DataMissingError, atomic_write, write_manifest
 
 # ---- idx ------------------------------------------------------------------------------------
 

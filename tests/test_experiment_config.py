@@ -8,18 +8,11 @@ from typing import Any
 import pytest
 
 from brims import BRIMsConfig
-from brims.rl.config import task_of
-from brims.tasks.cores import BRIMS_FIELDS, CoreConfig
-from brims.train.commands import preset_names, resolve_config
-from brims.train.config import (
-    ConfigError,
-    DataConfig,
-    ExperimentConfig,
-    ModelConfig,
-    TrainConfig,
-    load_config,
-    parse_overrides,
-)
+from brims_experiments.rl.config import task_of
+from brims_experiments.runs import ConfigError, parse_overrides
+from brims_experiments.tasks.cores import BRIMS_FIELDS, CoreConfig
+from brims_experiments.train.commands import preset_names, resolve_config
+from brims_experiments.train.config import DataConfig, ExperimentConfig, ModelConfig, TrainConfig, load_config
 
 
 def field_paths(values: dict[str, Any], prefix: str = "") -> set[str]:

@@ -10,11 +10,12 @@ import pytest
 import torch
 import yaml
 
-from brims.cli import main
-from brims.tasks.adding import TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
-from brims.train.config import ConfigError, load_config
-from brims.train.datamodule import FreshBatchSampler, IndexedExamples
-from brims.train.tasks import make_task
+from brims_experiments.cli import main
+from brims_experiments.tasks.adding import TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
+from brims_experiments.runs import ConfigError
+from brims_experiments.train.config import load_config
+from brims_experiments.train.datamodule import FreshBatchSampler, IndexedExamples
+from brims_experiments.train.tasks import make_task
 
 TINY_CORE = {
     "kind": "brims", "compile": False, "brims": {

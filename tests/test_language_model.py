@@ -11,15 +11,16 @@ import torch
 import yaml
 from cli_support import brims, kill_training
 
-from brims.cli import main
-from brims.data.corpora import batchify, prepare_corpus
-from brims.data.vocab import VocabularyMismatchError
-from brims.tasks.cores import CoreConfig
-from brims.tasks.language import LanguageModel, detach_state, sample, state_from_plain, state_to_plain
-from brims.train.checkpoint import read_checkpoint
-from brims.train.config import ConfigError, load_config
-from brims.train.datamodule import InOrderBatchSampler, TextWindows
-from brims.train.run import load_trained
+from brims_experiments.cli import main
+from brims_experiments.data.corpora import batchify, prepare_corpus
+from brims_experiments.data.vocab import VocabularyMismatchError
+from brims_experiments.tasks.cores import CoreConfig
+from brims_experiments.tasks.language import LanguageModel, detach_state, sample, state_from_plain, state_to_plain
+from brims_experiments.runs import read_checkpoint
+from brims_experiments.runs import ConfigError
+from brims_experiments.train.config import load_config
+from brims_experiments.train.datamodule import InOrderBatchSampler, TextWindows
+from brims_experiments.train.run import load_trained
 
 WORDS = "the cat sat on a mat and then it ran off to see the dog who was sleeping".split()
 TINY = {"hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,

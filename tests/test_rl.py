@@ -19,16 +19,16 @@ import pytest
 import torch
 import yaml
 
-from brims.cli import main
-from brims.rl.agent import RecurrentActorCritic
-from brims.rl.config import EnvConfig, load_rl_config
-from brims.rl.envs import EnvError, check_spaces, env_spaces, make_env
-from brims.rl.ppo import gae
-from brims.rl.run import train
-from brims.tasks.cores import CORE_KINDS
-from brims.train.checkpoint import read_checkpoint
-from brims.train.commands import resolve_config
-from brims.train.config import ConfigError
+from brims_experiments.cli import main
+from brims_experiments.rl.agent import RecurrentActorCritic
+from brims_experiments.rl.config import EnvConfig, load_rl_config
+from brims_experiments.rl.envs import EnvError, check_spaces, env_spaces, make_env
+from brims_experiments.rl.ppo import gae
+from brims_experiments.rl.run import train
+from brims_experiments.tasks.cores import CORE_KINDS
+from brims_experiments.runs import read_checkpoint
+from brims_experiments.train.commands import resolve_config
+from brims_experiments.runs import ConfigError
 
 PRESETS = ("rl-cartpole-cpu", "rl-minigrid-memory-cpu", "rl-pong-cpu")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,7 +67,7 @@ def brims(*argv: str) -> int:
 
 
 def cli_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "brims.cli", *argv]
+    return [sys.executable, "-m", "brims_experiments.cli", *argv]
 
 
 # ---- configs and environments -----------------------------------------------------------------

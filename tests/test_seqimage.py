@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from brims import BRIMs
-from brims.tasks.cores import CORE_KINDS, MODULAR_KINDS, CoreConfig
-from brims.tasks.seqimage import (
+from brims_experiments.tasks.cores import CORE_KINDS, MODULAR_KINDS, CoreConfig
+from brims_experiments.tasks.seqimage import (
     Noise,
     SequenceClassifier,
     add_gaussian_noise,

@@ -14,7 +14,7 @@ import zlib
 import pytest
 import torch
 
-from brims.data.corpora import (
+from brims_experiments.data.corpora import (
     CORPORA,
     SPLIT_FRACTIONS,
     SPLITS,
@@ -33,9 +33,9 @@ from brims.data.corpora import (
     split_points,
     strip_gutenberg,
 )
-from brims.data.fetch import fetch
-from brims.data.store import MANIFEST, DataCorruptError, DataMissingError
-from brims.data.vocab import EOS, UNK, Vocabulary, VocabularyMismatchError, paragraphs, word_tokens
+from brims_experiments.data.fetch import fetch
+from brims_experiments.data.store import MANIFEST, DataCorruptError, DataMissingError
+from brims_experiments.data.vocab import EOS, UNK, Vocabulary, VocabularyMismatchError, paragraphs, word_tokens
 
 # ---- generated text ------------------------------------------------------------------------
 
@@ -270,7 +270,7 @@ def test_failed_prepare_keeps_the_previous_corpus(tmp_path):
 
 
 def test_crash_while_writing_leaves_no_complete_looking_corpus(tmp_path, monkeypatch):
-    import brims.data.corpora as corpora
+    import brims_experiments.data.corpora as corpora
 
     prepare_corpus("shakespeare", [play(1)], tmp_path)
     real_write, calls = corpora.atomic_write, []

@@ -21,11 +21,11 @@ import torch
 import yaml
 from cli_support import brims, kill_training
 
-from brims.data.images import ImageSplit, save_image_dataset
-from brims.train.checkpoint import CheckpointError, read_checkpoint
-from brims.train.config import load_config
-from brims.train.datamodule import ResumableBatchSampler
-from brims.train.run import load_trained
+from brims_experiments.data.images import ImageSplit, save_image_dataset
+from brims_experiments.runs import CheckpointError, read_checkpoint
+from brims_experiments.train.config import load_config
+from brims_experiments.train.datamodule import ResumableBatchSampler
+from brims_experiments.train.run import load_trained
 
 TRAIN_IMAGES, TEST_IMAGES = 300, 100
 TRAIN_LIMIT, BATCH, EPOCHS = 128, 16, 3
@@ -145,8 +145,8 @@ def test_metrics_count_every_test_image(finished_run):
 
 def test_metrics_match_an_independent_evaluation(finished_run, data_dir):
     """The reported accuracy at each resolution is what best.ckpt scores on all test images."""
-    from brims.data.images import load_image_split
-    from brims.tasks.seqimage import make_sequences
+    from brims_experiments.data.images import load_image_split
+    from brims_experiments.tasks.seqimage import make_sequences
 
     metrics = json.loads((finished_run / "metrics.json").read_text())
     config, model, _ = load_trained(finished_run)
@@ -412,9 +412,9 @@ DDP_SCRIPT = textwrap.dedent(
     import torch
     import yaml
 
-    from brims.train.config import load_config
-    from brims.train.module import ExperimentModule
-    from brims.train.run import make_trainer
+    from brims_experiments.train.config import load_config
+    from brims_experiments.train.module import ExperimentModule
+    from brims_experiments.train.run import make_trainer
 
     out = Path(sys.argv[2])
 

@@ -16,16 +16,17 @@ import pytest
 import torch
 import yaml
 
-from brims.cli import main
-from brims.data.bouncing_balls import BallsConfig, draw_balls, render, sample_start, simulate
-from brims.data.images import ImageSplit, save_image_dataset
-from brims.data.moving_mnist import MovingDigitsConfig, draw_moving_digits
-from brims.tasks.cores import CORE_KINDS, CoreConfig
-from brims.tasks.video import VideoPredictor, hide
-from brims.train.checkpoint import read_checkpoint
-from brims.train.config import ConfigError, load_config
-from brims.train.datamodule import BatchedExamples, IndexedExamples
-from brims.train.tasks import make_task
+from brims_experiments.cli import main
+from brims_experiments.data.bouncing_balls import BallsConfig, draw_balls, render, sample_start, simulate
+from brims_experiments.data.images import ImageSplit, save_image_dataset
+from brims_experiments.data.moving_mnist import MovingDigitsConfig, draw_moving_digits
+from brims_experiments.tasks.cores import CORE_KINDS, CoreConfig
+from brims_experiments.tasks.video import VideoPredictor, hide
+from brims_experiments.runs import read_checkpoint
+from brims_experiments.runs import ConfigError
+from brims_experiments.train.config import load_config
+from brims_experiments.train.datamodule import BatchedExamples, IndexedExamples
+from brims_experiments.train.tasks import make_task
 
 TINY_CORE = {
     "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
@@ -309,7 +310,7 @@ def test_video_run_resumes_after_kill_with_the_same_weights(balls_run, tmp_path)
     config = run_config(tmp_path, "balls", radius=2.0)
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    command = [sys.executable, "-m", "brims.cli", "train", str(config), "--run-dir", str(run_dir), "--no-progress"]
+    command = [sys.executable, "-m", "brims_experiments.cli", "train", str(config), "--run-dir", str(run_dir), "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -1,0 +1,261 @@
+"""What supervised and RL runs share: config files, run folders, checkpoints and figures.
+
+- **Config files**: typed sections (frozen dataclasses validated on construction) built from
+  nested YAML values and ``section.field=value`` overrides, with errors that name the field.
+- **Run folders**: ``config.yaml`` (what ``brims train <run folder>`` resumes), ``metrics.json``,
+  ``train_time.json`` (every session's wall time, kept current at each checkpoint).
+- **Checkpoints**: written atomically, read without unpickling code.
+- **Figures**: saved atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import pickle
+import time
+import zipfile
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from brims_experiments.data.store import atomic_write, atomic_write_text
+
+# ---- config files ----------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field."""
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def int_at_least(name: str, value: Any, minimum: int, meaning: str = "") -> None:
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+             f"{name} must be an integer >= {minimum}{meaning}, got {value!r}")
+
+
+def positive_int(name: str, value: Any) -> None:
+    int_at_least(name, value, 1)
+
+
+def tuple_fields(config: Any, *names: str) -> None:
+    """YAML gives lists; the frozen configs hold tuples (hashable, compared by value)."""
+    for name in names:
+        if isinstance(getattr(config, name), list):
+            object.__setattr__(config, name, tuple(getattr(config, name)))
+
+
+_SECTIONS: dict[tuple[type, str], Any] = {}
+
+
+def register_sections(sections: dict[tuple[type, str], Any]) -> None:
+    """Declare which config dataclass builds the field ``name`` of ``cls``, by ``(cls, name)``: a
+    dataclass, or a function of the parent's values that returns one (or None for plain values)."""
+    _SECTIONS.update(sections)
+
+
+def plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def build_config(cls: type, values: Any, path: str = "") -> Any:
+    """The config dataclass ``cls`` from nested plain values, its registered sections built in turn."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        explain = getattr(cls, "explain_unknown", None)  # a section whose layout changed says how
+        reason = explain(unknown[0]) if explain else None
+        raise ConfigError(reason or f"unknown field {path + '.' if path else ''}{unknown[0]}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        section = _SECTIONS.get((cls, name))
+        if section is not None and not isinstance(section, type):
+            section = section(values)  # a section whose type depends on its parent's values (data on task)
+        kwargs[name] = build_config(section, value, f"{path}.{name}" if path else name) if section else value
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{path or 'config'}: {error}") from None
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "model.core.kind=lstm"]`` → nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {assignment!r} must look like section.field=value")
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(text)
+    return nested
+
+
+def config_layers(path: str | Path | None, overrides: list[str] | None, base: dict[str, Any] | None,
+                  sections: str) -> list[dict[str, Any]]:
+    """``[base, the YAML file at path, overrides]`` as dicts, the ones given, in that order."""
+    layers: list[dict[str, Any]] = [base or {}]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections ({sections})")
+        layers.append(loaded)
+    if overrides:
+        layers.append(parse_overrides(overrides))
+    return layers
+
+
+# ---- run folders -----------------------------------------------------------------------------------
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+TRAIN_TIME_FILE = "train_time.json"
+
+
+def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any]) -> Any:
+    """Create the folder with ``config`` or, for an existing one, check ``config`` matches it.
+
+    ``config=None`` resumes with the folder's own config (read with ``load``).
+    """
+    saved = run_dir / CONFIG_FILE
+    if saved.is_file():
+        existing = load(saved)
+        if config is not None and config != existing:
+            changed = differing_fields(config.as_dict(), existing.as_dict())
+            raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
+                              f"resume it with `brims train {run_dir}` or choose another --run-dir")
+        return existing
+    if config is None:
+        raise ConfigError(f"{run_dir} holds no run ({CONFIG_FILE} missing); give a config to start one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, config.to_yaml())
+    return config
+
+
+def differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the leaves where two config dicts differ."""
+    changed = []
+    for key, value in ours.items():
+        other = theirs.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            changed += differing_fields(value, other, f"{prefix}{key}.")
+        elif value != other:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def run_dir_for(args: argparse.Namespace, config_path: Path, kind: str) -> Path:
+    """``--run-dir``, or ``runs/<config name>-<model kind>``."""
+    return Path(args.run_dir) if args.run_dir else Path("runs") / f"{config_path.stem}-{kind}"
+
+
+class TrainingSession:
+    """One training session's wall time in ``train_time.json``, kept current at every checkpoint.
+
+    :meth:`record` writes the session's entry (its seconds so far and ``span``, e.g.
+    ``from_step``/``to_step``), replacing the one it wrote before. A session killed mid-run thus
+    keeps its time up to its last checkpoint save, with ``"ended": false``; the next session
+    resumes from ``last.ckpt`` and counts the steps it redoes again (they cost time twice).
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / TRAIN_TIME_FILE
+        self.started = time.perf_counter()
+        self.started_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+    def elapsed(self) -> float:
+        """Seconds since the session started."""
+        return time.perf_counter() - self.started
+
+    def record(self, ended: bool = False, **span: int) -> None:
+        sessions = json.loads(self.path.read_text())["sessions"] if self.path.is_file() else []
+        sessions = [s for s in sessions if s.get("started_at") != self.started_at]
+        seconds = round(self.elapsed(), 1)
+        sessions.append({"started_at": self.started_at, "seconds": seconds, **span, "ended": ended,
+                         "threads": torch.get_num_threads()})
+        total = round(sum(s["seconds"] for s in sessions), 1)
+        atomic_write_text(self.path, json.dumps({"seconds": total, "sessions": sessions}, indent=2))
+
+
+# ---- checkpoints: atomic writes (kill -9 at any moment leaves the previous one intact), safe reads ---
+
+FORMAT_KEY = "brims"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted, or not one of ours."""
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """A brims checkpoint as a dict, loaded safely; :class:`CheckpointError` if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is corrupted or not a safe checkpoint: {first_line}") from None
+    header = checkpoint.get(FORMAT_KEY) if isinstance(checkpoint, dict) else None
+    if not isinstance(header, dict) or "config" not in header:
+        raise CheckpointError(f"{path} is not a brims training checkpoint (no {FORMAT_KEY!r} header)")
+    if header.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {header.get('format')!r}; this brims reads {FORMAT_VERSION}")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Atomic saves, safe loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(Path(path), lambda handle: handle.write(buffer.getbuffer()))
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path, map_location if map_location is not None else "cpu")
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+
+def save_figure(figure: Any, path: Path) -> None:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt  # the figure's own library, loaded only by those who plot
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))

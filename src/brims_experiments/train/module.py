@@ -1,0 +1,60 @@
+"""The Lightning module every task trains with: the task's model, loss and metrics; Adam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from brims_experiments.runs import FORMAT_KEY, FORMAT_VERSION
+from brims_experiments.train.config import load_config
+from brims_experiments.train.tasks import make_task
+
+
+class ExperimentModule(L.LightningModule):
+    """Trains the model of its config's task; logs ``train/*`` per step and ``val/*`` per validation.
+
+    The checkpoint carries the resolved config (as plain YAML-able values, so it loads with
+    ``weights_only=True``) and the torch RNG state (dropout draws continue exactly on resume).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config_dict = config
+        self.config = load_config(base=config)
+        self.task = make_task(self.config)
+        self.model = self.task.build_model()
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.model(inputs)
+
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        loss, metrics = self.task.step(self.model, batch)
+        on_step = stage == "train"
+        # Validation is averaged over ranks (each rank holds the whole validation split, so the
+        # ranks agree; syncing keeps checkpoint selection identical under DDP regardless).
+        options = {"on_step": on_step, "on_epoch": not on_step, "prog_bar": True, "batch_size": len(batch[0]),
+                   "sync_dist": not on_step}
+        self.log(f"{stage}/loss", loss, **options)
+        for name, value in metrics.items():
+            self.log(f"{stage}/{name}", value, **options)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.train.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FORMAT_KEY] = {"format": FORMAT_VERSION, "config": self.config_dict, "rng": torch.get_rng_state(),
+                                  "task_state": self.task.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        torch.set_rng_state(checkpoint[FORMAT_KEY]["rng"])
+        self.task.load_state_dict(checkpoint[FORMAT_KEY].get("task_state", {}))

@@ -1,0 +1,197 @@
+"""PNG figures of a run: learning curves, accuracy by test resolution, and what the modules do.
+
+The module figure is the paper's kind: for one test sequence, which modules are active at
+each step (per layer), and how the input attention splits between the null, bottom-up and
+top-down slots over time (averaged over heads and modules).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from brims_experiments.runs import save_figure  # noqa: E402
+
+log = logging.getLogger(__name__)
+SLOT_NAMES = ("null", "bottom-up", "top-down")
+
+
+def read_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` from the CSV log; a step logged twice (a resumed
+    run replays the steps after its last checkpoint) keeps its last value."""
+    path = run_dir / "logs" / "metrics.csv"
+    series: dict[str, dict[int, float]] = {}
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(row.get("step") or 0)
+            for key, value in row.items():
+                if key in ("step", "epoch") or value in (None, ""):
+                    continue
+                series.setdefault(key, {})[step] = float(value)
+    return {key: sorted(points.items()) for key, points in series.items()}
+
+
+# Per task: the test conditions in metrics.json, the metric to draw, and the axis labels.
+SUMMARIES = {
+    "seqimage": ("resolution", "acc", "test resolution (side in pixels)", "test accuracy (%)", 100.0,
+                 "accuracy_by_resolution.png"),
+    "copying": ("gap", "sequence_acc", "gap (blanks between symbols and delimiter)", "exact-sequence accuracy (%)",
+                100.0, "accuracy_by_gap.png"),
+    "adding": ("length", "mse", "sequence length", "test mean squared error", 1.0, "mse_by_length.png"),
+    "lm": ("noise", "", "share of input tokens replaced at random", "", 1.0, "test_by_noise.png"),
+}
+LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse", "lm": "bpc", "video": "rollout_bce"}
+
+
+def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
+    """Loss and ``metric`` against the step, training (per logged step) and validation."""
+    series = read_log(run_dir)
+    if not series:
+        return None
+    keys = ["loss"] + [metric] * any(key.endswith("/" + metric) for key in series)
+    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for key, axis in zip(keys, axes[0]):
+        for stage, style in (("train", "-"), ("val", "o-")):
+            points = series.get(f"{stage}/{key}")
+            if points:
+                steps, values = zip(*points)
+                axis.plot(steps, values, style, label=stage, alpha=0.8 if stage == "train" else 1.0, markersize=3)
+        axis.set_xlabel("step")
+        axis.set_ylabel(key)
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    path = run_dir / "learning_curves.png"
+    save_figure(figure, path)
+    return path
+
+
+def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """One line per run's ``metrics.json``: the task's test metric against its test condition
+    (resolution, gap or length); dotted: the training condition."""
+    task = runs[0].get("task", "seqimage")
+    if task == "video":
+        from brims_experiments.train.video_plots import plot_error_by_step
+
+        return plot_error_by_step(runs, path, title)
+    key, metric, xlabel, ylabel, scale, _ = SUMMARIES[task]
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    for metrics in runs:
+        if task == "lm":  # the clean test split at share 0, then each noise share
+            metric = "bpc" if metrics["level"] == "char" else "ppl"
+            ylabel = f"test {'bits per character' if metric == 'bpc' else 'perplexity'}"
+            points = {0.0: metrics["test"], **{float(share): result for share, result in metrics["noise"].items()}}
+        else:
+            points = {int(c): result for c, result in metrics[key].items()}
+        conditions = sorted(points)
+        values = [scale * points[c][metric] for c in conditions]
+        axis.plot(conditions, values, "o-", label=metrics.get("label", metrics["model"]))
+        if "train_resolution" in metrics:
+            axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
+    if "trivial_mse" in runs[0]:
+        axis.axhline(runs[0]["trivial_mse"], color="grey", linestyle="--", linewidth=1, label="predict 1 (trivial)")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    save_figure(figure, path)
+    return path
+
+
+def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
+    """Top row of the activity figure: what the model read."""
+    if config.task == "video":  # the frames read, side by side (the later ones are the model's own)
+        frames = inputs[0, : config.data.teacher_frames].float().cpu()  # (k, S, S)
+        axes[0].imshow(torch.cat(list(frames), -1).numpy(), cmap="gray", interpolation="nearest")
+        axes[0].set_title(f"{caption}: the {len(frames)} teacher-forced frames", fontsize=9)
+        axes[0].axis("off")
+        axes[1].axis("off")
+        return
+    if config.task == "lm":
+        axes[0].set_title(f"validation text: {caption}", fontsize=9)
+        axes[0].axis("off")
+        axes[1].axis("off")
+        return
+    sequence = inputs[0].float().cpu()  # (T, F)
+    if config.task == "seqimage":
+        side = config.data.train_resolution
+        axes[0].imshow(sequence.mean(-1).reshape(side, side), cmap="gray")
+        axes[0].set_title(f"{caption}, read row by row; predicted {prediction}")
+        axes[0].axis("off")
+    else:
+        axes[0].imshow(sequence.T, aspect="auto", cmap="Greys", interpolation="nearest")
+        axes[0].set_title(f"{caption}: input features over time; predicted {prediction}")
+        axes[0].set_ylabel("feature")
+    axes[1].axis("off")
+
+
+@torch.no_grad()
+def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> Path | None:
+    """For one test sequence: which modules are active at each step of each layer, and how the
+    input attention splits between the null, bottom-up and top-down slots."""
+    if not model.core.is_modular:
+        return None
+    inputs, caption = task.activity_input()  # (1, T, F)
+    device = next(model.parameters()).device
+    result = model(inputs.to(device), return_diagnostics=True)
+    output, diagnostics = result[0], result[-1]  # a language model also returns its state
+    if config.task in ("lm", "video"):
+        prediction = ""
+    elif config.task == "adding":
+        prediction = f"{float(output.flatten()[0]):.2f}"
+    elif output.dim() == 3:
+        prediction = "".join(str(int(t)) for t in output[0].argmax(-1)[-config.data.copy_length :])
+    else:
+        prediction = str(int(output.argmax(-1)[0]))
+    layers = len(diagnostics.active)
+    header = {"lm": 0.25, "video": 0.5}.get(config.task, 1.0)  # one line of text, one row of frames
+    figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + header)), squeeze=False,
+                                gridspec_kw={"width_ratios": [3, 2], "height_ratios": [header] + [1] * layers})
+    _draw_input(axes[0], config, inputs, caption, prediction)
+    for layer in range(layers):
+        active = diagnostics.active[layer][:, 0].float().cpu()  # (T, n)
+        attention = diagnostics.attention[layer][:, 0].float().cpu()  # (T, n, slots)
+        row = axes[layer + 1]
+        row[0].imshow(active.T, aspect="auto", cmap="Greys", interpolation="nearest")
+        row[0].set_yticks(range(active.shape[1]))
+        row[0].set_ylabel(f"layer {layer + 1}\nmodule")
+        row[0].set_xlabel("step")
+        row[0].set_title(f"layer {layer + 1}: active modules (black)")
+        per_slot = attention.mean(1)  # (T, slots)
+        for slot in range(per_slot.shape[-1]):
+            row[1].plot(per_slot[:, slot], label=SLOT_NAMES[slot], linewidth=1)
+        row[1].set_ylim(0, 1)
+        row[1].set_title(f"layer {layer + 1}: input attention by slot")
+        row[1].legend(fontsize=7, loc="upper right")
+        row[1].set_xlabel("step")
+    figure.tight_layout()
+    path = run_dir / "module_activity.png"
+    save_figure(figure, path)
+    return path
+
+
+def plot_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
+    kind = config.model.core.kind
+    title = f"{kind} on sequential {metrics['dataset']}" if config.task == "seqimage" else f"{kind} on {config.task}"
+    if config.task == "video":
+        from brims_experiments.train.video_plots import plot_video_run
+
+        title = f"{kind} on {'bouncing balls' if metrics['dataset'] == 'balls' else 'Moving MNIST'}"
+        summary = plot_video_run(run_dir, config, task, model, metrics, title)
+    else:
+        summary = [plot_test_summary([metrics], run_dir / SUMMARIES[config.task][-1], title)]
+    made = [plot_learning_curves(run_dir, title, LEARNING_METRIC[config.task]), *summary,
+            plot_module_activity(run_dir, config, task, model)]
+    return [path for path in made if path is not None]

@@ -1,0 +1,190 @@
+"""A run folder, end to end: train (or resume), select the best checkpoint, test, plot.
+
+Layout of ``runs/<name>/``::
+
+    config.yaml              the resolved config (what ``brims train <run folder>`` resumes)
+    checkpoints/last.ckpt    every ``train.checkpoint_every`` steps and at the end
+    checkpoints/best.ckpt    best validation accuracy at the training resolution
+    logs/metrics.csv         Lightning's CSV log (train loss/acc per step, validation)
+    metrics.json             every test resolution and noise level, from best.ckpt
+    *.png                    learning curves, accuracy by resolution, module activity
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from brims_experiments.data.store import atomic_write_text
+from brims_experiments.runs import (
+    FORMAT_KEY,
+    METRICS_FILE,
+    TRAIN_TIME_FILE,
+    AtomicCheckpointIO,
+    CheckpointError,
+    ConfigError,
+    TrainingSession,
+    prepare_run_dir,
+    read_checkpoint,
+)
+from brims_experiments.train.config import ExperimentConfig, load_config
+from brims_experiments.train.datamodule import TrackTrainedBatches
+from brims_experiments.train.module import ExperimentModule
+from brims_experiments.train.tasks import make_task
+
+log = logging.getLogger(__name__)
+
+
+
+def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> L.Trainer:
+    train = config.train
+    task = make_task(config)
+    best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode=task.mode,
+                           save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
+    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=train.checkpoint_every,
+                           save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=train.epochs,
+        max_steps=train.max_steps or -1,
+        accelerator=train.accelerator,
+        devices=train.devices,
+        strategy=train.strategy,
+        precision=train.precision,
+        gradient_clip_val=train.grad_clip or None,
+        val_check_interval=train.validate_every or None,
+        check_val_every_n_epoch=None if train.validate_every else 1,
+        callbacks=[TrackTrainedBatches(), best, last],
+        logger=CSVLogger(run_dir, name="logs", version=""),
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+
+
+def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress: bool = True,
+          test_after: bool = True) -> dict[str, Any] | None:
+    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it."""
+    run_dir = Path(run_dir)
+    config = prepare_run_dir(run_dir, config, load_config)
+    make_task(config).check_data()  # fail before any training when data is missing or corrupted
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    module = ExperimentModule(config.as_dict())
+    datamodule = module.task.datamodule()
+    trainer = make_trainer(config, run_dir, progress)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = last if last.is_file() else None
+    resumed_step = None
+    if resume is not None:
+        # A clear error for a corrupted file before Lightning touches it.
+        checkpoint = read_checkpoint(resume)
+        module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+        resumed_step = checkpoint.get("global_step")
+        log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
+    session = TrainingSession(run_dir)
+    trainer.callbacks.append(RecordSessionAtCheckpoints(session, from_step=resumed_step or 0))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+    # The periodic checkpoint may lag the end of training: record the finished state, so that
+    # `brims train <run folder>` on a finished run returns at once instead of redoing steps.
+    trainer.save_checkpoint(last, weights_only=False)  # full state: optimizer, loops, data position
+    if not trainer.is_global_zero:
+        return None
+    metrics_path = run_dir / METRICS_FILE
+    if trainer.global_step == resumed_step and metrics_path.is_file():
+        log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
+        return json.loads(metrics_path.read_text())
+    session.record(ended=True, from_step=resumed_step or 0, to_step=trainer.global_step)
+    return test(run_dir, progress=progress) if test_after else None
+
+
+class RecordSessionAtCheckpoints(Callback):
+    """Brings the session's entry in ``train_time.json`` up to date whenever a checkpoint is saved."""
+
+    def __init__(self, session: TrainingSession, from_step: int) -> None:
+        self.session, self.from_step = session, from_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A session that trained no step (a finished run started again) leaves no entry.
+        if trainer.is_global_zero and trainer.global_step > self.from_step:
+            self.session.record(from_step=self.from_step, to_step=trainer.global_step)
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
+    """``(config, model in eval mode, checkpoint)`` from a run folder (its best) or a ``.ckpt``."""
+    config, _, model, checkpoint = _load_trained(path, device)
+    return config, model, checkpoint
+
+
+def _load_trained(path: str | Path, device: torch.device | str) -> tuple[ExperimentConfig, Any, Any, dict[str, Any]]:
+    """:func:`load_trained`, with the task that built the model (its data read and checked once)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / "best.ckpt"
+    checkpoint = read_checkpoint(path)
+    try:
+        config = load_config(base=checkpoint[FORMAT_KEY]["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
+    task = make_task(config)
+    task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+    model = task.build_model()
+    weights = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items()}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the model of its config ({str(error).splitlines()[0]})") from None
+    return config, task, model.to(device).eval(), checkpoint
+
+
+def test(path: str | Path, device: str | None = None, progress: bool = True,
+         metrics_path: Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and plots."""
+    from brims_experiments.train import plots
+
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent.parent
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
+    config, task, model, checkpoint = _load_trained(path, torch_device)
+    started = time.perf_counter()
+    results = task.evaluate(model, torch_device, progress)
+    metrics = {
+        "task": config.task,
+        "dataset": getattr(config.data, "dataset", config.task),
+        "model": config.model.core.kind,
+        "checkpoint": str(path if path.is_file() else path / "checkpoints" / "best.ckpt"),
+        "epoch": checkpoint.get("epoch"),
+        "global_step": checkpoint.get("global_step"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **results,
+        "test_seconds": time.perf_counter() - started,
+    }
+    best_score = _best_validation(checkpoint, task.monitor)
+    if best_score is not None:
+        metrics[task.monitor.replace("/", "_")] = best_score  # e.g. val_acc: the best validation score
+    train_time = run_dir / TRAIN_TIME_FILE
+    if train_time.is_file():
+        metrics["train"] = json.loads(train_time.read_text())
+    atomic_write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    plots.plot_run(run_dir, config, task, model, metrics)
+    return metrics
+
+
+def _best_validation(checkpoint: dict[str, Any], monitor: str) -> float | None:
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and state.get("monitor") == monitor and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    return None
+
