@@ -2,7 +2,7 @@
 
 This is *not* part of the library and is not meant to be trained or used: ``benchmarks/speed.py``
 times it next to :class:`brims.BRIMs` to show what the released code's design costs
-(design.md §6). We wrote it from a description of that design; no code was copied.
+(docs/design.md, section 4). We wrote it from a description of that design; no code was copied.
 
 The model is the same as ``brims.BRIMs(300)`` (2 layers, hidden 300/300, modules 6/3, top-k
 4/2, input attention over ``[null, bottom-up, top-down]`` with 4 heads of key size 64 and an

@@ -1,4 +1,4 @@
-"""Equivalent ways to run the same model agree (design.md §3: same seed, same numbers)."""
+"""Equivalent ways to run the same model agree (docs/design.md, section 5: same seed, same numbers)."""
 
 from __future__ import annotations
 
@@ -145,6 +145,11 @@ def test_from_config_round_trip(config):
     rebuilt.double().eval()
     x = random_input(config, 3, BATCH)
     assert torch.equal(rebuilt(x)[0], model(x)[0])
+
+
+def test_from_config_takes_the_plain_dict_of_to_dict(config):
+    assert BRIMs.from_config(json.loads(json.dumps(config.to_dict()))).config == config
+    assert BRIMs(config).config == config and BRIMsCell(config).config == config
 
 
 def test_from_config_same_seed_same_weights_as_constructor():

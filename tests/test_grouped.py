@@ -1,4 +1,4 @@
-"""Grouped (per-module) cells against dense block-diagonal references (design.md §2 step 4, §3).
+"""Grouped (per-module) cells against dense block-diagonal references (docs/design.md, section 1 step 4 and section 5).
 
 The references are PyTorch's own ``nn.Linear`` / ``nn.LSTMCell`` / ``nn.GRUCell`` with dense
 weights that are block-diagonal copies of the grouped weights: the standard equations, computed

@@ -1,4 +1,4 @@
-"""The model invariants of design.md §3, over cell x layers x top_down x communication."""
+"""The model invariants of docs/design.md (section 5), over cell x layers x top_down x communication."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""One BRIMs step against a naive reference written from design.md §2 (loops over layers, modules
+"""One BRIMs step against a naive reference written from docs/design.md section 1 (loops over layers, modules
 and heads; no shared code with ``brims``). Eval mode (no dropout), float64.
 
 The reference reads the model's parameters by name. Internal layouts it assumes are the

@@ -10,7 +10,7 @@ step-by-step loops (RL, generation); :func:`run_steps` is the time loop over it 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -82,6 +82,10 @@ class BRIMsCell(nn.Module):
 
         Layer ``l`` reads the layer below at this step (``x`` for the bottom layer) and, when it
         reads top-down, the layer above at the previous step, ``state.h[l + 1]``.
+
+        Note (departure from the released code): every layer reads the one above, as in the
+        paper; the released code feeds only the top layer into the bottom one (the same for two
+        layers).
         """
         h, c, active, attention = [], [], [], []
         bottom_up = x  # (B, F)
@@ -198,10 +202,12 @@ def run_steps(
         outputs.append(state.h[-1])  # (B, hidden_L)
         if return_diagnostics:
             steps.append(diagnostics)
-    if not return_diagnostics:
-        return torch.stack(outputs), state, None
-    stacked = BRIMsDiagnostics(
-        tuple(torch.stack(layer) for layer in zip(*(d.active for d in steps))),
-        tuple(torch.stack(layer) for layer in zip(*(d.attention for d in steps))),
+    return torch.stack(outputs), state, join_diagnostics(steps, torch.stack) if return_diagnostics else None
+
+
+def join_diagnostics(parts: Sequence[BRIMsDiagnostics], join: Callable[[list[Tensor]], Tensor]) -> BRIMsDiagnostics:
+    """Per layer, ``join`` (``torch.stack`` for steps, ``torch.cat`` for chunks) of the parts' tensors."""
+    return BRIMsDiagnostics(
+        tuple(join(list(layer)) for layer in zip(*(d.active for d in parts))),
+        tuple(join(list(layer)) for layer in zip(*(d.attention for d in parts))),
     )
-    return torch.stack(outputs), state, stacked

@@ -3,7 +3,7 @@
 Every weight has a leading modules axis, ``(n, in, out)``, and inputs are laid out
 module-first, ``(n, B, in)``, so one batched matmul applies each module's own weights:
 ``y[k] = x[k] @ W[k]``. This is the block-diagonal product without ever materialising
-the zero blocks (docs/design.md, step 4).
+the zero blocks (docs/design.md, section 1, step 4).
 
 Dimension legend: n = modules, B = batch, m = units per module, I = input features
 per module, G = gates per module (4m for LSTM, 3m for GRU).
@@ -18,6 +18,11 @@ from torch import Tensor, nn
 
 
 def _uniform_(tensor: Tensor, fan_in: int) -> None:
+    """PyTorch's default for linear and recurrent layers, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+
+    Note (departure from the released code): it initialises the attention maps as
+    ``0.01 * N(0, 1)``; we keep PyTorch's bounds for every map.
+    """
     bound = 1.0 / math.sqrt(fan_in)
     nn.init.uniform_(tensor, -bound, bound)
 

@@ -1,4 +1,4 @@
-"""One BRIMs layer, one time step: the paper's steps in order (docs/design.md, "One time step").
+"""One BRIMs layer, one time step: the paper's steps in order (docs/design.md, section 1).
 
 Dimension legend: B = batch, n = modules, m = units per module, S = non-null slots (1 or 2),
 A = attended input per module, F = features of the layer below, F' = of the layer above.

@@ -1,6 +1,6 @@
 """Sequential image classification: read an image one pixel per step, classify after the last.
 
-The released BRIMs/RIMs protocol (design.md §5 for the data):
+The released BRIMs/RIMs protocol (the README for the data):
 
 - MNIST and Fashion-MNIST: nearest-resize to ``S x S``, binarise (intensity >= 128 is 1),
   embed each pixel as a token (``Embedding(2, E)``); train at 14x14 (``T = 196``), test at
