@@ -111,6 +111,29 @@ def test_rims_sizes_must_be_ints():
         RIMs(4, top_k=[4])
 
 
+def test_from_config_names_an_unknown_field():
+    options = {**make_config("lstm", 1).to_dict(), "heads": 2}
+    with pytest.raises(ValueError, match=r"unknown BRIMsConfig field 'heads'; the fields are input_size, hidden_sizes"):
+        BRIMs.from_config(options)
+
+
+@pytest.mark.parametrize("config", ["lstm", 3, None])
+def test_from_config_refuses_what_is_not_a_config(config):
+    with pytest.raises(TypeError, match="a BRIMs config must be a BRIMsConfig or a mapping of its fields, got"):
+        BRIMs.from_config(config)
+
+
+def test_rims_refuses_a_config_of_several_layers():
+    with pytest.raises(ValueError, match="RIMs has one layer, got a config with 2"):
+        RIMs(make_config("lstm", 2))
+
+
+@pytest.mark.parametrize("option", ["top_down", "hidden_sizes"])
+def test_rims_refuses_stack_options(option):
+    with pytest.raises(TypeError, match="RIMs is one layer without top-down: use hidden_size, num_modules and top_k"):
+        RIMs(4, **{option: False if option == "top_down" else (8,)})
+
+
 def test_cell_with_config_and_options():
     with pytest.raises(TypeError, match=r"either a BRIMsConfig or BRIMsConfig's arguments, not both.*top_k"):
         BRIMsCell(make_config("lstm", 1), top_k=(1,))

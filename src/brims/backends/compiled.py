@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from brims.cell import BRIMsCell, BRIMsDiagnostics, BRIMsState, run_steps
+from brims.cell import BRIMsCell, BRIMsDiagnostics, BRIMsState, join_diagnostics, run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ def run_chunk(
 class CompiledLoop:
     """``(x (T, B, F), state, return_diagnostics) -> (output, state, diagnostics)`` like the eager loop.
 
-    The chunk is compiled separately for each device type it runs on, with inductor defaults
-    chosen per device unless ``compile_options`` sets ``mode`` or ``options``:
+    The chunk is compiled separately for each device type it runs on, with inductor options
+    chosen per device (the caller's ``options`` win over them; with a ``mode``, which
+    ``torch.compile`` takes only without ``options``, none are added):
 
     - CPU: a C++ wrapper (``cpp_wrapper=True``). A step is many small kernels, and calling them
       from the default Python wrapper cost a quarter of a CPU training step.
@@ -86,10 +87,4 @@ class CompiledLoop:
             outputs.append(output)  # (K, B, hidden_L)
             chunks.append(diagnostics)
         final = BRIMsState(h, h if c is None else c)
-        if not return_diagnostics:
-            return torch.cat(outputs), final, None
-        joined = BRIMsDiagnostics(
-            tuple(torch.cat(layer) for layer in zip(*(d.active for d in chunks))),
-            tuple(torch.cat(layer) for layer in zip(*(d.attention for d in chunks))),
-        )
-        return torch.cat(outputs), final, joined
+        return torch.cat(outputs), final, join_diagnostics(chunks, torch.cat) if return_diagnostics else None
