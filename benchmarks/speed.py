@@ -8,14 +8,13 @@ MNIST at 14x14 with a 300-feature input) and the same labels. Measured per model
 - forward: the same forward under ``torch.no_grad()`` with the model in **eval** mode;
 - peak memory of one training step, two ways (see ``--help`` epilog and the printed notes).
 
-BRIMs trains through its sequence-level backward by default (``brims.sequence``); the
-"autograd per step" rows set ``cell.sequence_backward = False`` (autograd records every step),
-the path it replaces.
+BRIMs trains through autograd; ``compile_step()`` runs the same steps through ``torch.compile``'d
+chunks of ``--steps-per-call`` steps (``brims.backends.compiled``).
 
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs. The repeats are interleaved
 across models (repeat r of every model before repeat r+1 of any), so that load drift on a
 shared machine hits every model alike; the ratios are the result, absolute times are not
-(design.md §6).
+(docs/design.md, section 4).
 
     python benchmarks/speed.py                 # CPU, includes torch.compile (a few minutes)
     python benchmarks/speed.py --no-compile    # quick
@@ -67,14 +66,14 @@ def parse_args() -> argparse.Namespace:
         help="also time compile_step(mode=MODE), e.g. reduce-overhead (CUDA graphs) on CUDA; repeatable",
     )
     parser.add_argument(
-        "--steps-per-call", type=int, default=None, metavar="K",
-        help="time steps per call of BRIMs' step functions, BRIMs.steps_per_call (default: the model's, 4)",
+        "--steps-per-call", type=int, default=4, metavar="K",
+        help="time steps per compiled call, compile_step(steps_per_call=K) (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, input and labels (default: 0)")
     args = parser.parse_args()
     for name in ("threads", "steps", "batch", "repeats", "steps_per_call"):
         value = getattr(args, name)
-        if value is not None and value < 1:
+        if value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
@@ -114,7 +113,6 @@ from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import brims  # noqa: E402
-from brims.model import DEFAULT_STEPS_PER_CALL  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dense_reference import DenseMaskedBRIMs  # noqa: E402
@@ -232,7 +230,7 @@ def main() -> None:
         f"flush denormal {'on' if FLUSH_DENORMAL else 'UNSUPPORTED on this CPU'}, "
         f"freed memory kept (glibc mallopt) {'yes' if KEEP_FREED_MEMORY else 'no'}, "
         f"T={args.steps} B={args.batch} F={INPUT_SIZE}, warmup {args.warmup}, median of {args.repeats}, "
-        f"BRIMs steps per call {args.steps_per_call or DEFAULT_STEPS_PER_CALL}"
+        f"compiled BRIMs steps per call {args.steps_per_call}"
     )
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -253,31 +251,20 @@ def main() -> None:
     benches = [Bench("nn.LSTM(300, 300, num_layers=2)", nn.LSTM(INPUT_SIZE, HIDDEN, num_layers=2), device)]
     torch.manual_seed(args.seed)
 
-    def new_brims() -> brims.BRIMs:
+    eager = brims.BRIMs(INPUT_SIZE)
+    benches.append(Bench("brims.BRIMs(300), eager", eager, device))
+
+    def same_weights() -> brims.BRIMs:
         model = brims.BRIMs(INPUT_SIZE)
-        if args.steps_per_call is not None:
-            model.steps_per_call = args.steps_per_call
+        model.load_state_dict(eager.state_dict())
         return model
 
-    eager = new_brims()
-    benches.append(Bench("brims.BRIMs(300), eager", eager, device))
-    per_step = new_brims()
-    per_step.load_state_dict(eager.state_dict())
-    per_step.cell.sequence_backward = False
-    benches.append(Bench("brims.BRIMs(300), eager, autograd per step", per_step, device))
     if not args.no_compile:
-        compiled = new_brims()
-        compiled.load_state_dict(eager.state_dict())
-        benches.append(Bench("brims.BRIMs(300).compile_step()", compiled.compile_step(), device))
-        compiled_per_step = new_brims()
-        compiled_per_step.load_state_dict(eager.state_dict())
-        compiled_per_step.cell.sequence_backward = False
-        name = "brims.BRIMs(300).compile_step(), autograd per step"
-        benches.append(Bench(name, compiled_per_step.compile_step(), device))
+        compiled = same_weights().compile_step(steps_per_call=args.steps_per_call)
+        benches.append(Bench("brims.BRIMs(300).compile_step()", compiled, device))
     for mode in args.compile_mode:
-        moded = new_brims()
-        moded.load_state_dict(eager.state_dict())
-        benches.append(Bench(f"brims.BRIMs(300).compile_step(mode={mode!r})", moded.compile_step(mode=mode), device))
+        moded = same_weights().compile_step(steps_per_call=args.steps_per_call, mode=mode)
+        benches.append(Bench(f"brims.BRIMs(300).compile_step(mode={mode!r})", moded, device))
     torch.manual_seed(args.seed)
     benches.append(Bench("dense-masked reference (released design)", DenseMaskedBRIMs(INPUT_SIZE), device))
 
