@@ -42,7 +42,7 @@ def require(condition: bool, message: str) -> None:
 
 def int_at_least(name: str, value: Any, minimum: int, meaning: str = "") -> None:
     require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-             f"{name} must be an integer >= {minimum}{meaning}, got {value!r}")
+            f"{name} must be an integer >= {minimum}{meaning}, got {value!r}")
 
 
 def positive_int(name: str, value: Any) -> None:

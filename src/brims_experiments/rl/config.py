@@ -37,7 +37,7 @@ TASK = "rl"
 
 def _number_in(name: str, value: Any, low: float, high: float, meaning: str) -> None:
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high,
-             f"{name} must be a number in {meaning}, got {value!r}")
+            f"{name} must be a number in {meaning}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class EnvConfig:
         require(isinstance(self.id, str) and bool(self.id), f"env.id must be an environment id, got {self.id!r}")
         require(isinstance(self.hide_velocity, bool), f"env.hide_velocity must be true or false, got {self.hide_velocity!r}")
         require(not self.hide_velocity or self.id.startswith("CartPole-"),
-                 f"env.hide_velocity applies to CartPole only, not {self.id}")
+                f"env.hide_velocity applies to CartPole only, not {self.id}")
         positive_int("env.num_envs", self.num_envs)
 
 
@@ -77,7 +77,7 @@ class RLModelConfig:
         # The rollout acts in eval mode and the update trains: dropout would make them differ.
         dropout = self.core.option("attention_dropout")
         require(dropout == 0, "model.core.brims.attention_dropout must be 0 for rl "
-                 f"(the acting and the updated policy would differ), got {dropout}")
+                f"(the acting and the updated policy would differ), got {dropout}")
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class PPOConfig:
         for name in ("total_steps", "rollout_steps", "chunk_length", "epochs", "minibatches"):
             positive_int(f"ppo.{name}", getattr(self, name))
         require(self.rollout_steps % self.chunk_length == 0,
-                 f"ppo.rollout_steps ({self.rollout_steps}) must be a multiple of ppo.chunk_length ({self.chunk_length})")
+                f"ppo.rollout_steps ({self.rollout_steps}) must be a multiple of ppo.chunk_length ({self.chunk_length})")
         require(isinstance(self.lr, (int, float)) and self.lr > 0, f"ppo.lr must be > 0, got {self.lr!r}")
         _number_in("ppo.gamma", self.gamma, 0, 1, "[0, 1]")
         _number_in("ppo.gae_lambda", self.gae_lambda, 0, 1, "[0, 1]")
@@ -161,8 +161,8 @@ class RLConfig:
         require(self.task == TASK, f"task must be {TASK!r} for an RL config, got {self.task!r}")
         sequences = self.env.num_envs * self.ppo.rollout_steps // self.ppo.chunk_length
         require(sequences % self.ppo.minibatches == 0,
-                 f"ppo.minibatches ({self.ppo.minibatches}) must divide the rollout's {sequences} chunks "
-                 "(env.num_envs * ppo.rollout_steps / ppo.chunk_length)")
+                f"ppo.minibatches ({self.ppo.minibatches}) must divide the rollout's {sequences} chunks "
+                "(env.num_envs * ppo.rollout_steps / ppo.chunk_length)")
 
     @property
     def steps_per_update(self) -> int:

@@ -64,7 +64,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         require(self.dataset in IMAGE_DATASETS, f"data.dataset must be one of {sorted(IMAGE_DATASETS)}, "
-                 f"got {self.dataset!r}")
+                f"got {self.dataset!r}")
         tuple_fields(self, "test_resolutions", "noise")
         positive_int("data.train_resolution", self.train_resolution)
         for size in self.test_resolutions:
@@ -75,7 +75,7 @@ class DataConfig:
             except ValueError as error:
                 raise ConfigError(f"data.noise: {error}") from None
             require(noise.kind != "flip" or self.binarized,
-                     f"data.noise: {text!r} applies to binarised data, not {self.dataset}")
+                    f"data.noise: {text!r} applies to binarised data, not {self.dataset}")
         positive_int("data.validation_size", self.validation_size)
         int_at_least("data.train_limit", self.train_limit, 0, " (0: all)")
         positive_int("data.batch_size", self.batch_size)
@@ -190,7 +190,7 @@ class LanguageDataConfig:
         positive_int("data.eval_batch_size", self.eval_batch_size)
         for share in self.noise:
             require(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1,
-                     f"data.noise entries must be shares in (0, 1], got {share!r}")
+                    f"data.noise entries must be shares in (0, 1], got {share!r}")
 
 
 VIDEO_DATASETS = ("balls", "mnist")
@@ -234,20 +234,20 @@ class VideoDataConfig(GeneratedDataConfig):
         int_at_least("data.frames", self.frames, 3, " (a teacher-forced frame, a predicted one, a rolled-out one)")
         int_at_least("data.teacher_frames", self.teacher_frames, 1)
         require(self.teacher_frames <= self.frames - 2,
-                 f"data.teacher_frames={self.teacher_frames} leaves no closed-loop rollout in "
-                 f"data.frames={self.frames} frames (at most {self.frames - 2})")
+                f"data.teacher_frames={self.teacher_frames} leaves no closed-loop rollout in "
+                f"data.frames={self.frames} frames (at most {self.frames - 2})")
         for name, count in [("data.objects", self.objects)] + [("data.test_objects[]", n) for n in self.test_objects]:
             positive_int(name, count)
         require(self.curtain == () or (len(self.curtain) == 2 and 0 <= self.curtain[0] < self.curtain[1] <= 1),
-                 f"data.curtain must be [] or [start, stop] with 0 <= start < stop <= 1, got {list(self.curtain)}")
+                f"data.curtain must be [] or [start, stop] with 0 <= start < stop <= 1, got {list(self.curtain)}")
         require(not self.curtain or self.curtain_columns[0] < self.curtain_columns[1],
-                 f"data.curtain={list(self.curtain)} hides no whole column of {self.frame_size}-pixel frames")
+                f"data.curtain={list(self.curtain)} hides no whole column of {self.frame_size}-pixel frames")
         require(isinstance(self.speed, (int, float)) and self.speed > 0, f"data.speed must be > 0, got {self.speed!r}")
         defaults = VideoDataConfig.__dataclass_fields__
         other = "digit_size" if self.dataset == "balls" else "radius"
         require(getattr(self, other) == defaults[other].default,
-                 f"data.{other} applies to dataset {'mnist' if other == 'digit_size' else 'balls'} only, "
-                 f"not {self.dataset}")
+                f"data.{other} applies to dataset {'mnist' if other == 'digit_size' else 'balls'} only, "
+                f"not {self.dataset}")
         try:
             for count in self.all_objects:  # a start that cannot be drawn fails now, not mid-run
                 self.generator_config(count)
@@ -293,7 +293,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         positive_int("model.embedding_size", self.embedding_size)
         require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
-                 f"model.dropout must be in [0, 1), got {self.dropout!r}")
+                f"model.dropout must be in [0, 1), got {self.dropout!r}")
         require(isinstance(self.tie_weights, bool), f"model.tie_weights must be true or false, got {self.tie_weights!r}")
         positive_int("model.conv_channels", self.conv_channels)
         positive_int("model.conv_layers", self.conv_layers)
@@ -329,12 +329,12 @@ class TrainConfig:
         int_at_least("train.max_steps", self.max_steps, 0, " (0: no limit)")
         require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
         require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
-                 f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
+                f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
         positive_int("train.checkpoint_every", self.checkpoint_every)
         int_at_least("train.validate_every", self.validate_every, 0, " (0: once per epoch)")
         require(not (self.max_steps and self.validate_every > self.max_steps),
-                 f"train.validate_every={self.validate_every} exceeds train.max_steps={self.max_steps}: training "
-                 "would stop before its first validation and leave no best checkpoint to test")
+                f"train.validate_every={self.validate_every} exceeds train.max_steps={self.max_steps}: training "
+                "would stop before its first validation and leave no best checkpoint to test")
         int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
 
 
@@ -354,10 +354,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         require(self.task in DATA_CONFIGS, f"task must be one of {sorted(DATA_CONFIGS)}, got {self.task!r}")
         require(type(self.data) is DATA_CONFIGS[self.task],
-                 f"data of task {self.task} must be a {DATA_CONFIGS[self.task].__name__}, got {type(self.data).__name__}")
+                f"data of task {self.task} must be a {DATA_CONFIGS[self.task].__name__}, got {type(self.data).__name__}")
         if self.task != "lm":
             require(self.model.dropout == 0 and not self.model.tie_weights,
-                     f"model.dropout and model.tie_weights apply to task lm only, not {self.task}")
+                    f"model.dropout and model.tie_weights apply to task lm only, not {self.task}")
         if self.task == "video":
             try:
                 check_frame_size(self.data.frame_size, self.model.conv_layers)
@@ -367,7 +367,7 @@ class ExperimentConfig:
             defaults = ModelConfig.__dataclass_fields__
             require(all(getattr(self.model, name) == defaults[name].default
                          for name in ("conv_channels", "conv_layers", "frame_skip")),
-                     f"model.conv_channels, conv_layers and frame_skip apply to task video only, not {self.task}")
+                    f"model.conv_channels, conv_layers and frame_skip apply to task video only, not {self.task}")
 
     def as_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
