@@ -104,6 +104,18 @@ def test_overrides_are_parsed_as_yaml():
     assert config.model.core.brims == {"communication": False}
 
 
+def test_scientific_notation_reads_as_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as text; rates are typed that way, in files and overrides."""
+    config = load_config(overrides=["train.lr=1e-3", "data.train_limit=1e3", "train.grad_clip=2.5E0"])
+    assert config.train.lr == 0.001 and config.data.train_limit == 1000 and config.train.grad_clip == 2.5
+    assert isinstance(config.data.train_limit, int)
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3e-4\n")
+    assert load_config(path).train.lr == 3e-4
+    assert load_config(path).to_yaml() == load_config(overrides=["train.lr=0.0003"]).to_yaml()
+    assert parse_overrides(["a=1e", "b=e3", "c='1e-3'"]) == {"a": "1e", "b": "e3", "c": "1e-3"}  # text stays text
+
+
 def test_overrides_win_over_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  epochs: 5\n  lr: 0.1\n")

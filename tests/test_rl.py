@@ -79,6 +79,11 @@ def test_presets_load(preset):
     assert config.task == "rl" and config.total_updates >= 1
 
 
+def test_rl_rates_in_scientific_notation():
+    config = load_rl_config(base=tiny_config(), overrides=["ppo.lr=3e-4", "ppo.entropy_coef=1e-2"])
+    assert (config.ppo.lr, config.ppo.entropy_coef) == (3e-4, 0.01)
+
+
 @pytest.mark.parametrize("override, field", [
     ("env.hide_velocity=true env.id=Acrobot-v1", "env.hide_velocity"),
     ("ppo.chunk_length=48", "ppo.rollout_steps"),

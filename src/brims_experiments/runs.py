@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import pickle
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -104,6 +105,29 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class _YAMLLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading scientific notation without a dot (``1e-3``, ``3e4``) as a
+    number the way YAML 1.2 and people do; YAML 1.1 reads it as text."""
+
+
+def _scientific(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int | float:
+    text = loader.construct_scalar(node)
+    number = float(text)
+    mantissa, _, exponent = text.lower().partition("e")
+    return int(number) if "." not in mantissa and int(exponent) >= 0 else number  # 1e3 counts, 1e-3 is a rate
+
+
+_YAMLLoader.add_implicit_resolver(
+    "!scientific", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+_YAMLLoader.add_constructor("!scientific", _scientific)
+
+
+def load_yaml(text: str) -> Any:
+    """Plain values of a YAML document (safe: no objects), numbers in scientific notation included."""
+    return yaml.load(text, Loader=_YAMLLoader)
+
+
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     """``["train.epochs=3", "model.core.kind=lstm"]`` → nested dict (values parsed as YAML)."""
     nested: dict[str, Any] = {}
@@ -115,7 +139,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = load_yaml(text)
     return nested
 
 
@@ -127,7 +151,7 @@ def config_layers(path: str | Path | None, overrides: list[str] | None, base: di
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections ({sections})")
         layers.append(loaded)

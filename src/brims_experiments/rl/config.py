@@ -25,6 +25,7 @@ from brims_experiments.runs import (
     build_config,
     config_layers,
     int_at_least,
+    load_yaml,
     merge,
     plain,
     positive_int,
@@ -196,7 +197,7 @@ def task_of(path: str | Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = load_yaml(path.read_text())
     except yaml.YAMLError:
         return None
     return loaded.get("task") if isinstance(loaded, dict) else None
