@@ -9,7 +9,8 @@ construction, so a bad value fails before training starts with a message naming 
     model: the recurrent core (:class:`brims_experiments.tasks.cores.CoreConfig`) and the embedding
     train: optimiser, budget, checkpoint cadence, hardware
 
-``--set train.epochs=3 model.kind=lstm`` overrides any field; values are parsed as YAML.
+``--set train.epochs=3 model.core.kind=lstm model.core.brims.top_k=[3,1]`` overrides any field; values are parsed as YAML
+(numbers in scientific notation included).
 """
 
 from __future__ import annotations
