@@ -296,10 +296,11 @@ def test_bad_checkpoints_are_refused(finished_run, tmp_path, capsys, kind):
     paths = _bad_checkpoints(tmp_path / "bad" / "checkpoints", finished_run / "checkpoints" / "best.ckpt")
     with pytest.raises(CheckpointError):
         read_checkpoint(paths[kind])
-    assert brims("test", str(paths[kind]), "--no-progress", "--device", "cpu") == 2
+    out = tmp_path / "out"
+    assert brims("test", str(paths[kind]), "--no-progress", "--device", "cpu", "--out", str(out)) == 2
     assert str(paths[kind]) in capsys.readouterr().err
     assert not (tmp_path / "bad" / "checkpoints" / "code-ran").exists(), "loading a checkpoint ran code"
-    assert not (tmp_path / "bad" / "metrics.json").exists()
+    assert not (out / "metrics.json").exists()
 
 
 def test_resume_from_a_truncated_last_checkpoint_is_refused(finished_run, tmp_path, capsys):
@@ -325,6 +326,25 @@ def test_brims_test_on_a_finished_run(finished_run, tmp_path, capsys):
     # The finished run was tested on the default device (a GPU where there is one): equal up to float noise.
     assert_same_results(json.loads((run / "metrics.json").read_text()) | ignore,
                         json.loads((finished_run / "metrics.json").read_text()) | ignore)
+
+
+def test_brims_test_of_a_checkpoint_outside_a_run_folder_needs_out(finished_run, tmp_path, capsys):
+    """It wrote two folders up (ckpts/a/b/good.ckpt into ckpts/a/); now it asks where, and says where it wrote."""
+    loose = tmp_path / "ckpts" / "a" / "b" / "good.ckpt"
+    loose.parent.mkdir(parents=True)
+    shutil.copy(finished_run / "checkpoints" / "best.ckpt", loose)
+    assert brims("test", str(loose), "--no-progress", "--device", "cpu") == 2
+    assert "is not in the checkpoints/ folder of a run folder: give --out FOLDER" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "ckpts").rglob("*")) == ["a", "b", "good.ckpt"]  # nothing written
+    out = tmp_path / "results"
+    assert brims("test", str(loose), "--no-progress", "--device", "cpu", "--out", str(out)) == 0
+    assert f"metrics and figures written to {out}" in capsys.readouterr().out
+    assert (out / "metrics.json").is_file() and list(out.glob("*.png"))
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    (run / "metrics.json").unlink()
+    assert brims("test", str(run / "checkpoints" / "best.ckpt"), "--no-progress", "--device", "cpu") == 0
+    assert f"metrics and figures written to {run}" in capsys.readouterr().out
+    assert (run / "metrics.json").is_file()
 
 
 def assert_same_results(ours, theirs, where="metrics"):

@@ -199,6 +199,23 @@ def differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str =
     return changed
 
 
+def results_folder(path: Path, out: str | Path | None) -> Path:
+    """Where ``brims test`` of ``path`` writes ``metrics.json`` and figures: ``out`` if given, else the
+    run folder that ``path`` is (or whose ``checkpoints/`` holds it); a checkpoint elsewhere needs ``out``."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    if path.is_dir():
+        return path
+    if path.parent.name == "checkpoints" and (path.parent.parent / CONFIG_FILE).is_file():
+        return path.parent.parent
+    raise ConfigError(f"{path} is not in the checkpoints/ folder of a run folder: give --out FOLDER for its "
+                      f"{METRICS_FILE} and figures")
+
+
 def run_dir_for(args: argparse.Namespace, config_path: Path, kind: str) -> Path:
     """``--run-dir``, or ``runs/<config name>-<model kind>``."""
     return Path(args.run_dir) if args.run_dir else Path("runs") / f"{config_path.stem}-{kind}"

@@ -34,8 +34,9 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.episodes is not None and args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    metrics = test(args.path, device=args.device, episodes=args.episodes, progress=not args.no_progress)
+    metrics = test(args.path, device=args.device, episodes=args.episodes, progress=not args.no_progress, out=args.out)
     print(format_table([metrics]))
+    print(f"metrics written to {metrics['written_to']}")
     return 0
 
 

@@ -45,6 +45,7 @@ from brims_experiments.runs import (
     TrainingSession,
     prepare_run_dir,
     read_checkpoint,
+    results_folder,
     save_figure,
 )
 
@@ -258,10 +259,11 @@ def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RL
 
 
 def test(path: str | Path, device: str | None = None, episodes: int | None = None,
-         progress: bool = True) -> dict[str, Any]:
-    """Play the saved policy for ``episodes`` (default ``train.eval_episodes``); write ``metrics.json``."""
+         progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+    """Play the saved policy for ``episodes`` (default ``train.eval_episodes``); write ``metrics.json``
+    to ``out`` or the run folder (:func:`brims_experiments.runs.results_folder`)."""
     path = Path(path)
-    run_dir = path if path.is_dir() else path.parent.parent
+    folder = results_folder(path, out)
     config, agent, checkpoint_path = load_agent(path, torch.device(device) if device else None)
     torch_device = next(agent.parameters()).device
     count = episodes or config.train.eval_episodes
@@ -276,8 +278,8 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
         "test_return_std": float(np.std(returns)),
         "test_seconds": round(time.perf_counter() - started, 1),
     }
-    if path.is_dir():
-        atomic_write_text(run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
+    atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2))
+    metrics["written_to"] = str(folder)
     return metrics
 
 

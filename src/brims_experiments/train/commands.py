@@ -62,6 +62,8 @@ def add_commands(commands: Any) -> None:
                                "full test set at every test resolution and noise level; writes metrics.json and plots.")
     test.add_argument("path", help="run folder or .ckpt file")
     test.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    test.add_argument("--out", help="folder for metrics.json and figures (default: the run folder; needed for a "
+                      ".ckpt outside a run folder's checkpoints/)")
     test.add_argument("--no-progress", action="store_true", help="no progress bars")
     test.add_argument("--episodes", type=int, help="RL runs only: episodes to play (default: the config's "
                       "train.eval_episodes)")
@@ -142,8 +144,9 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.episodes is not None:
         parser.error("--episodes applies to RL runs only")
 
-    metrics = test(args.path, device=args.device, progress=not args.no_progress)
+    metrics = test(args.path, device=args.device, progress=not args.no_progress, out=args.out)
     print(format_table([metrics]))
+    print(f"metrics and figures written to {metrics['written_to']}")
     return 0
 
 

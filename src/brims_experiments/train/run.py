@@ -34,6 +34,7 @@ from brims_experiments.runs import (
     TrainingSession,
     prepare_run_dir,
     read_checkpoint,
+    results_folder,
 )
 from brims_experiments.train.config import ExperimentConfig, load_config
 from brims_experiments.train.datamodule import TrackTrainedBatches
@@ -149,12 +150,14 @@ def _load_trained(path: str | Path, device: torch.device | str) -> tuple[Experim
 
 
 def test(path: str | Path, device: str | None = None, progress: bool = True,
-         metrics_path: Path | None = None) -> dict[str, Any]:
-    """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and plots."""
+         out: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and
+    plots to ``out``, or to the run folder (:func:`brims_experiments.runs.results_folder`)."""
     from brims_experiments.train import plots
 
     path = Path(path)
-    run_dir = path if path.is_dir() else path.parent.parent
+    run_dir = path if path.is_dir() else path.parent.parent  # where its train_time.json may be
+    folder = results_folder(path, out)  # checked before the evaluation, not after it
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
     config, task, model, checkpoint = _load_trained(path, torch_device)
@@ -177,8 +180,9 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
     train_time = run_dir / TRAIN_TIME_FILE
     if train_time.is_file():
         metrics["train"] = json.loads(train_time.read_text())
-    atomic_write_text(metrics_path or run_dir / METRICS_FILE, json.dumps(metrics, indent=2))
-    plots.plot_run(run_dir, config, task, model, metrics)
+    atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2))
+    plots.plot_run(folder, config, task, model, metrics)
+    metrics["written_to"] = str(folder)
     return metrics
 
 
