@@ -502,6 +502,26 @@ def test_compare_two_finished_runs(finished_run, tmp_path, data_dir, capsys):
         assert cells[4] == f"{100 * metrics['resolution']['6']['acc']:.1f}"
         assert cells[7] == f"{100 * metrics['noise']['flip-0.05']['acc']:.1f}"
     assert plot.read_bytes()[:8] == PNG_MAGIC
+    # Without --plot the figure is named after the runs it compares: another comparison beside it
+    # does not replace it, and running the same one again says that it replaced its figure.
+    assert brims("compare", str(finished_run), str(lstm)) == 0
+    first = finished_run.parent / f"comparison_{finished_run.name}_vs_{lstm.name}.png"
+    assert f"plot: {first}\n" in capsys.readouterr().out and first.read_bytes()[:8] == PNG_MAGIC
+    assert brims("compare", str(finished_run)) == 0
+    assert (finished_run.parent / f"comparison_{finished_run.name}.png").is_file() and first.is_file()
+    capsys.readouterr()
+    assert brims("compare", str(finished_run), str(lstm)) == 0
+    assert f"plot: {first} (replaced the earlier one)" in capsys.readouterr().out
+
+
+def test_comparison_of_many_runs_gets_a_short_unique_name(tmp_path):
+    from brims_experiments.train.commands import comparison_path
+
+    many = [str(tmp_path / f"a-long-run-folder-name-{i}") for i in range(8)]
+    name = comparison_path(many).name
+    assert name.startswith("comparison_a-long-run-folder-name-0_and_7_more_") and len(name) < 80
+    other = many[:7] + [str(tmp_path / "another-long-run-folder-name")]
+    assert comparison_path(other).name != name  # same first run, same count: the hash tells them apart
 
 
 def test_compare_needs_finished_runs(tmp_path, capsys):

@@ -47,7 +47,6 @@ def run_compare(runs: list[dict[str, Any]], folders: list[str], plot: Path) -> N
     print(format_table(runs, [Path(f).name for f in folders]))
     curves = [(f"{run['model']} ({Path(folder).name})", read_curve(Path(folder))) for run, folder in zip(runs, folders)]
     plot_curves(curves, plot, " / ".join(dict.fromkeys(run["env"] for run in runs)))
-    print(f"plot: {plot}")
 
 
 def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:

@@ -6,6 +6,7 @@ Printing happens here (the program's user interface); everything below it logs.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 from importlib import resources
@@ -80,10 +81,12 @@ def add_commands(commands: Any) -> None:
     generate.set_defaults(handler=run_generate, command_parser=generate)
 
     compare = commands.add_parser("compare", help="table and plot comparing finished runs",
-                                  description="Print a markdown table of the runs' metrics.json (test accuracy per "
-                                  "resolution and noise level) and save accuracy_by_resolution.png next to them.")
+                                  description="Print a markdown table of the runs' metrics.json (the test metric per "
+                                  "condition, or RL returns) and save a comparison plot beside the first run, named "
+                                  "after the runs it compares (or at --plot).")
     compare.add_argument("runs", nargs="+", help="run folders")
-    compare.add_argument("--plot", help="where to save the comparison plot (default: <parent of first run>/comparison.png)")
+    compare.add_argument("--plot", help="where to save the comparison plot (default: <parent of the first run>/"
+                         "comparison_<run>_vs_<run>....png, named after the runs compared)")
     compare.set_defaults(handler=run_compare, command_parser=compare)
 
 
@@ -162,19 +165,32 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         metrics = json.loads(path.read_text())
         metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
         runs.append(metrics)
-    plot = Path(args.plot) if args.plot else Path(args.runs[0]).parent / "comparison.png"
+    plot = Path(args.plot) if args.plot else comparison_path(args.runs)
+    replaced = plot.exists()
     if any(run.get("task") == "rl" for run in runs):
         if any(run.get("task") != "rl" for run in runs):
             parser.error("compare RL runs with RL runs only")
         from brims_experiments.rl.commands import run_compare as run_rl_compare
 
         run_rl_compare(runs, args.runs, plot)
+        print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
         return 0
     print(format_table(runs, [Path(f).name for f in args.runs]))
     task = runs[0].get("task", "seqimage")
     plot_test_summary(runs, plot, f"sequential {runs[0]['dataset']}" if task == "seqimage" else task)
-    print(f"plot: {plot}")
+    print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
     return 0
+
+
+def comparison_path(folders: list[str]) -> Path:
+    """``<parent of the first run>/comparison_<run>_vs_<run>....png``: named after what it compares,
+    so that comparing other runs never replaces it (a long list is shortened, made unique by a hash)."""
+    names = [Path(folder).resolve().name for folder in folders]
+    stem = "_vs_".join(names)
+    if len(stem) > 100:
+        digest = hashlib.sha256("\n".join(str(Path(f).resolve()) for f in folders).encode()).hexdigest()[:8]
+        stem = f"{names[0]}_and_{len(names) - 1}_more_{digest}"
+    return Path(folders[0]).parent / f"comparison_{stem}.png"
 
 
 def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
