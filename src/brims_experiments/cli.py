@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more from the library (-v: info, -vv: debug)"
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error instead of its one-line message"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -281,13 +284,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("lightning").propagate = False  # Lightning prints its own messages once
     try:
         return args.handler(args, args.command_parser)
-    except (ValueError, RuntimeError) as error:
-        # Our own errors (bad config, missing or corrupted data, foreign checkpoint) name the
-        # problem and the fix: show the message, not a traceback.
-        if type(error).__module__.startswith(("brims.", "brims_experiments.")) or type(error) is ValueError:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        run = getattr(args, "run_folder", None)  # set by the commands that train
+        hint = f"; {run} keeps its last checkpoint: resume with `brims train {run}`" if run else ""
+        print(f"interrupted{hint}", file=sys.stderr)
+        return 130
+    except ModuleNotFoundError as error:
+        if args.debug or (error.name or "").split(".")[0] not in EXPERIMENT_PACKAGES:
+            raise
+        print(f"error: `brims {args.command}` needs the experiments' packages ({error.name} is not installed): "
+              "pip install 'brims[train]'", file=sys.stderr)
+        return 2
+    except Exception as error:
+        # Errors a user can cause (bad config or flag, missing or corrupted data, a foreign
+        # checkpoint, a device this machine lacks) name the problem and the fix: the message, not
+        # a traceback. Anything else is a bug and keeps its traceback.
+        if args.debug or not is_user_error(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+# What the `train` extra installs (the library itself needs torch only).
+EXPERIMENT_PACKAGES = ("yaml", "lightning", "matplotlib", "numpy", "rdata", "gymnasium", "minigrid", "ale_py", "PIL", "tqdm")
+
+
+def is_user_error(error: Exception) -> bool:
+    """Ours (raised in brims or brims_experiments), a plain ValueError, or Lightning's refusal of a setting."""
+    if type(error).__module__.startswith(("brims.", "brims_experiments.")) or type(error) is ValueError:
+        return True
+    return type(error).__name__ == "MisconfigurationException"
 
 
 if __name__ == "__main__":

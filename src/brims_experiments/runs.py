@@ -199,6 +199,22 @@ def differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str =
     return changed
 
 
+def check_device(name: str, what: str) -> torch.device:
+    """``name`` as a device this machine has (``cpu``, ``cuda``, ``cuda:<index>``); else a
+    :class:`ConfigError` that names ``what`` (the flag or field it came from)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{what} must be cpu or cuda[:index], got {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{what} must be cpu or cuda[:index], got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}={name}, but no CUDA device is available on this machine; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{what}={name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def results_folder(path: Path, out: str | Path | None) -> Path:
     """Where ``brims test`` of ``path`` writes ``metrics.json`` and figures: ``out`` if given, else the
     run folder that ``path`` is (or whose ``checkpoints/`` holds it); a checkpoint elsewhere needs ``out``."""

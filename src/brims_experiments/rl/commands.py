@@ -23,6 +23,7 @@ def run_train(args: argparse.Namespace, config_path: Path | None) -> int:
     else:
         config = load_rl_config(config_path, args.set)
         run_dir = run_dir_for(args, config_path, config.model.core.kind)
+    args.run_folder = run_dir  # for the message after Ctrl-C
     metrics = train(run_dir, config, progress=not args.no_progress)
     print(format_table([metrics]))
     print(f"run folder: {run_dir}")

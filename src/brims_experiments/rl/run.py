@@ -44,6 +44,7 @@ from brims_experiments.runs import (
     ConfigError,
     TrainingSession,
     prepare_run_dir,
+    check_device,
     read_checkpoint,
     results_folder,
     save_figure,
@@ -69,13 +70,6 @@ def check_checkpoint_env(checkpoint: dict[str, Any], path: Path, config: RLConfi
     if saved.get("spaces") != spaces.as_dict():
         raise CheckpointError(f"{path} was trained with spaces {saved.get('spaces')}, but {config.env.id} now has "
                               f"{spaces.as_dict()}")
-
-
-def _device(config: RLConfig, override: str | None = None) -> torch.device:
-    device = torch.device(override or config.train.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={device} but no CUDA device is available; use train.device=cpu")
-    return device
 
 
 def _save(path: Path, config: RLConfig, spaces: EnvSpaces, agent: RecurrentActorCritic,
@@ -116,14 +110,18 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config, load_rl_config)
-    spaces = env_spaces(config.env)  # unknown id or unsupported spaces fail here, before any training
-    device = _device(config)
+    if config is None:
+        config = prepare_run_dir(run_dir, None, load_rl_config)  # resume with the folder's own config
+    # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
+    # nothing that blocks the corrected command.
+    spaces = env_spaces(config.env)  # unknown id or unsupported spaces
+    device = check_device(config.train.device, "train.device")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
     agent = RecurrentActorCritic(spaces, config.model).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=config.ppo.lr, eps=1e-5)
+    config = prepare_run_dir(run_dir, config, load_rl_config)
     update, rows, recent = 0, [], []
     last = run_dir / LAST
     if last.is_file():
@@ -255,7 +253,7 @@ def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RL
     check_checkpoint_env(checkpoint, checkpoint_path, config, spaces)
     agent = RecurrentActorCritic(spaces, config.model)
     _load_weights(agent, checkpoint, checkpoint_path)
-    return config, agent.to(device or _device(config)).eval(), checkpoint_path
+    return config, agent.to(device or check_device(config.train.device, "train.device")).eval(), checkpoint_path
 
 
 def test(path: str | Path, device: str | None = None, episodes: int | None = None,
@@ -264,7 +262,7 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
     to ``out`` or the run folder (:func:`brims_experiments.runs.results_folder`)."""
     path = Path(path)
     folder = results_folder(path, out)
-    config, agent, checkpoint_path = load_agent(path, torch.device(device) if device else None)
+    config, agent, checkpoint_path = load_agent(path, check_device(device, "--device") if device else None)
     torch_device = next(agent.parameters()).device
     count = episodes or config.train.eval_episodes
     started = time.perf_counter()

@@ -128,6 +128,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         config = load_config(path, args.set)
         run_dir = run_dir_for(args, path, config.model.core.kind)
+    args.run_folder = run_dir  # for the message after Ctrl-C
     metrics = train(run_dir, config, progress=not args.no_progress)
     if metrics is not None:
         print(format_table([metrics]))

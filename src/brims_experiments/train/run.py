@@ -32,6 +32,7 @@ from brims_experiments.runs import (
     CheckpointError,
     ConfigError,
     TrainingSession,
+    check_device,
     prepare_run_dir,
     read_checkpoint,
     results_folder,
@@ -63,7 +64,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True)
         gradient_clip_val=train.grad_clip or None,
         val_check_interval=train.validate_every or None,
         check_val_every_n_epoch=None if train.validate_every else 1,
-        callbacks=[TrackTrainedBatches(), best, last],
+        callbacks=[TrackTrainedBatches(), best, last, SayHowToResume(run_dir)],
         logger=CSVLogger(run_dir, name="logs", version=""),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
@@ -77,14 +78,20 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
           test_after: bool = True) -> dict[str, Any] | None:
     """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it."""
     run_dir = Path(run_dir)
-    config = prepare_run_dir(run_dir, config, load_config)
-    make_task(config).check_data()  # fail before any training when data is missing or corrupted
+    if config is None:
+        config = prepare_run_dir(run_dir, None, load_config)  # resume with the folder's own config
+    # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
+    # nothing that blocks the corrected command.
+    make_task(config).check_data()  # missing or corrupted data
+    if config.train.accelerator in ("gpu", "cuda"):
+        check_device("cuda", f"train.accelerator={config.train.accelerator}: the device")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = ExperimentModule(config.as_dict())
+    module = ExperimentModule(config.as_dict())  # the model: its size errors (e.g. tied embeddings)
     datamodule = module.task.datamodule()
-    trainer = make_trainer(config, run_dir, progress)
+    trainer = make_trainer(config, run_dir, progress)  # Lightning refuses a precision or strategy here
+    config = prepare_run_dir(run_dir, config, load_config)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() else None
     resumed_step = None
@@ -108,6 +115,18 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
         return json.loads(metrics_path.read_text())
     session.record(ended=True, from_step=resumed_step or 0, to_step=trainer.global_step)
     return test(run_dir, progress=progress) if test_after else None
+
+
+class SayHowToResume(Callback):
+    """On Ctrl-C Lightning stops gracefully (and exits with status 1): say how to go on."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            log.warning("interrupted: %s keeps its last checkpoint; resume with `brims train %s`",
+                        self.run_dir, self.run_dir)
 
 
 class RecordSessionAtCheckpoints(Callback):
@@ -157,8 +176,8 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
 
     path = Path(path)
     run_dir = path if path.is_dir() else path.parent.parent  # where its train_time.json may be
+    torch_device = check_device(device, "--device") if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     folder = results_folder(path, out)  # checked before the evaluation, not after it
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
     config, task, model, checkpoint = _load_trained(path, torch_device)
     started = time.perf_counter()

@@ -1,0 +1,166 @@
+"""The command line as a new user meets it: every failure a user can cause ends in one message and
+a non-zero exit code (a traceback only with --debug), and a start that fails its checks leaves
+nothing in the run folder that blocks the corrected command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_support import brims, cli_command
+from test_language_model import documents, lm_config
+
+from brims_experiments.data.corpora import prepare_corpus
+
+TINY_CORE = {
+    "kind": "brims", "compile": False, "brims": {
+        "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
+        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4,
+    },
+}
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+
+
+def adding_config(tmp_path: Path, **train) -> Path:
+    """A tiny adding run (generated data: no fetch)."""
+    config = {
+        "task": "adding",
+        "data": {"train_length": 6, "test_lengths": [8], "train_sequences": 32, "validation_sequences": 16,
+                 "test_sequences": 16, "batch_size": 16, "eval_batch_size": 16},
+        "model": {"embedding_size": 8, "core": TINY_CORE},
+        "train": {"epochs": 1, "lr": 0.01, "checkpoint_every": 1, "accelerator": "cpu", "devices": 1, "threads": 1,
+                  **train},
+    }
+    path = tmp_path / "adding.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command(*argv), capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_message(result: subprocess.CompletedProcess, expected: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+# ---- a failed start leaves nothing that blocks the fixed command ------------------------------------
+
+
+FAILED_STARTS = [
+    pytest.param(["train.precision=17"], "precision", id="precision"),
+    pytest.param(["train.accelerator=gpu"], "no CUDA device is available", id="gpu", marks=no_cuda),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), FAILED_STARTS)
+def test_a_failed_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys, bad, message):
+    config, run = adding_config(tmp_path), tmp_path / "run"
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress", "--set", *bad) == 2
+    assert message in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress") == 0  # the corrected command
+    assert (run / "metrics.json").is_file()
+
+
+def test_a_model_that_cannot_be_built_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
+    """A tied embedding must be as wide as the core's output: refused when the model is built."""
+    corpus = tmp_path / "text"
+    prepare_corpus("austen", documents(0), corpus)
+    config, run = tmp_path / "lm.yaml", tmp_path / "run"
+    config.write_text(yaml.safe_dump(lm_config(corpus)))
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress", "--set", "model.embedding_size=6") == 2
+    assert "tie_weights" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress") == 0
+
+
+def test_missing_data_leaves_no_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "smnist-cpu", "--run-dir", str(run), "--no-progress", "--set", f"data.data_dir={tmp_path}/none"]
+    assert brims(*args) == 2
+    assert "brims fetch mnist" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+
+
+def test_a_failed_rl_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys):
+    run = tmp_path / "rl"
+    tiny = ["ppo.total_steps=64", "ppo.rollout_steps=16", "ppo.chunk_length=8", "ppo.minibatches=2", "ppo.epochs=1",
+            "env.num_envs=2", "train.eval_episodes=1", "train.threads=1"]
+    typo = ["env.id=CartPol-v1", "env.hide_velocity=false"]  # valid as a config, refused by gymnasium
+    assert brims("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set", *typo, *tiny) == 2
+    assert "CartPol-v1" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+    assert brims("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set", *tiny) == 0
+
+
+# ---- one message, never a traceback -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_adding_run(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    run = folder / "run"
+    result = run_cli("train", str(adding_config(folder)), "--run-dir", str(run), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("tpu", "--device must be cpu or cuda[:index], got 'tpu'"),
+     pytest.param("cuda", "--device=cuda, but no CUDA device is available", marks=no_cuda)],
+)
+def test_test_on_a_device_this_machine_lacks(finished_adding_run, device, message):
+    assert_one_message(run_cli("test", str(finished_adding_run), "--device", device, "--no-progress"), message)
+
+
+@no_cuda
+def test_training_on_a_gpu_this_machine_lacks(tmp_path):
+    result = run_cli("train", str(adding_config(tmp_path)), "--run-dir", str(tmp_path / "run"),
+                     "--set", "train.accelerator=gpu")
+    assert_one_message(result, "no CUDA device is available")
+
+
+def test_debug_shows_the_traceback(finished_adding_run):
+    result = run_cli("--debug", "test", str(finished_adding_run), "--device", "tpu", "--no-progress")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_without_the_train_extra_says_what_to_install(tmp_path):
+    """As if PyYAML were not installed (the library needs torch only; the experiments need the extra)."""
+    code = ("import sys; sys.modules['yaml'] = None; from brims_experiments.cli import main; "
+            f"sys.exit(main(['train', 'adding-cpu', '--run-dir', {str(tmp_path / 'run')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert_one_message(result, "needs the experiments' packages (yaml is not installed): pip install 'brims[train]'")
+
+
+def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "rl"
+    process = subprocess.Popen(
+        cli_command("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set",
+                    "ppo.total_steps=1000000", "env.num_envs=2", "train.threads=1", "train.checkpoint_every=1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in stderr, stderr
+    assert f"{run} keeps its last checkpoint: resume with `brims train {run}`" in stderr
+    assert (run / "checkpoints" / "last.ckpt").is_file()
