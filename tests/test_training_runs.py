@@ -7,6 +7,7 @@ and foreign checkpoints, the resumable batch sampler, and a real two-process DDP
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -211,14 +212,53 @@ def test_resume_after_kill_gives_the_same_weights(resumed_run, finished_run):
 def test_training_a_finished_run_again_does_no_steps(finished_run, tmp_path):
     run = shutil.copytree(finished_run, tmp_path / "again")
     before = read_checkpoint(run / "checkpoints" / "last.ckpt")
-    train_rows = (run / "logs" / "metrics.csv").read_text().count("\n")
+    log_before = (run / "logs" / "metrics.csv").read_text()
     assert brims("train", str(run), "--no-progress") == 0
     after = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert after["global_step"] == before["global_step"] == TOTAL_STEPS
     for key, value in before["state_dict"].items():
         assert torch.equal(value, after["state_dict"][key]), f"{key} changed although the run was finished"
-    log = run / "logs" / "metrics.csv"
-    assert not log.is_file() or log.read_text().count("\n") <= train_rows
+    assert log_rows(run) == log_rows(finished_run) and log_before.count("\n") > 2  # the log is kept whole
+
+
+def test_resuming_refuses_another_run_dir(finished_run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        brims("train", str(finished_run), "--run-dir", str(tmp_path / "other"))
+    assert exit_info.value.code == 2
+    assert "a run folder resumes in place" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def log_rows(run: Path) -> list[tuple[int, tuple[str, ...], tuple[float, ...]]]:
+    """Each row of the run's CSV log: its step, the metrics it holds and their values."""
+    with open(run / "logs" / "metrics.csv", newline="") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            keys = tuple(sorted(key for key, value in row.items() if value and key != "step"))
+            rows.append((int(row["step"]), keys, tuple(float(row[key]) for key in keys)))
+    return sorted(rows)
+
+
+@pytest.fixture(scope="module")
+def twice_resumed_run(tmp_path_factory, data_dir) -> Path:
+    """Killed with SIGKILL twice (in the first and the second epoch), then resumed to the end."""
+    folder = tmp_path_factory.mktemp("resume-twice") / "brims"
+    cfg = write_config(folder.parent / "brims.yaml", tiny_config(data_dir))
+    first = kill_training(["train", str(cfg), "--run-dir", str(folder), "--no-progress"], folder, STEPS_PER_EPOCH // 2)
+    second = kill_training(["train", str(folder), "--no-progress"], folder, first + STEPS_PER_EPOCH)
+    assert 0 < first < second < TOTAL_STEPS
+    assert brims("train", str(folder), "--no-progress") == 0
+    return folder
+
+
+def test_a_twice_resumed_run_logs_every_step_exactly_once(twice_resumed_run, finished_run):
+    """Each resume replays the steps after its checkpoint: their rows replace the killed session's,
+    and no row of an earlier session is lost (Lightning's CSV logger deleted the file on resume)."""
+    rows, reference = log_rows(twice_resumed_run), log_rows(finished_run)
+    assert [row[:2] for row in rows] == [row[:2] for row in reference]
+    assert len({row[:2] for row in rows}) == len(rows)  # no step and metric twice
+    for ours, theirs in zip(rows, reference):
+        assert ours[2] == pytest.approx(theirs[2], rel=1e-6), ours
 
 
 # ---- run-folder and command-line checks ------------------------------------------------------------

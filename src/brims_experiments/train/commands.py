@@ -113,6 +113,8 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if source.is_dir():
         if args.set:
             parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
+        if args.run_dir and Path(args.run_dir).resolve() != source.resolve():
+            parser.error(f"a run folder resumes in place: --run-dir {args.run_dir} applies to a new run from a config")
         if not (source / CONFIG_FILE).is_file():
             parser.error(f"{source} is a folder without {CONFIG_FILE}: not a run folder")
         path = None

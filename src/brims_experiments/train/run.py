@@ -5,13 +5,15 @@ Layout of ``runs/<name>/``::
     config.yaml              the resolved config (what ``brims train <run folder>`` resumes)
     checkpoints/last.ckpt    every ``train.checkpoint_every`` steps and at the end
     checkpoints/best.ckpt    best validation accuracy at the training resolution
-    logs/metrics.csv         Lightning's CSV log (train loss/acc per step, validation)
+    logs/metrics.csv         the CSV log (train loss/acc per step, validation), kept across resumes
     metrics.json             every test resolution and noise level, from best.ckpt
     *.png                    learning curves, accuracy by resolution, module activity
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import time
@@ -21,7 +23,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from brims_experiments.data.store import atomic_write_text
 from brims_experiments.runs import (
@@ -46,6 +49,68 @@ log = logging.getLogger(__name__)
 
 
 
+class RunLog(Logger):
+    """The run folder's ``logs/metrics.csv``, one row per ``log_metrics`` call, kept across resumes.
+
+    Every save rewrites the file atomically from the rows in memory: the earlier sessions' rows
+    (read at the first save) and this session's. A resumed session replays the steps after the
+    checkpoint it resumed from, so a row of an earlier session is replaced by this session's row
+    of the same step and metrics: every logged step is in the file exactly once.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.path = run_dir / "logs" / "metrics.csv"
+        self._rows: dict[tuple[int, frozenset[str]], dict[str, Any]] = {}
+        self._read = False
+
+    @property
+    def name(self) -> str:
+        return "logs"
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.path.parent)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """The config is the run folder's config.yaml; nothing more to keep."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._read_earlier_sessions()
+        row = {key: float(value) for key, value in metrics.items()}
+        row["step"] = step if step is not None else len(self._rows)
+        self._rows[(row["step"], frozenset(metrics))] = row
+
+    @rank_zero_only
+    def save(self) -> None:
+        self._read_earlier_sessions()
+        keys = sorted(set().union(*self._rows.values())) if self._rows else ["step"]
+        rows = sorted(self._rows.values(), key=lambda row: row["step"])  # stable: the order logged within a step
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+    def _read_earlier_sessions(self) -> None:
+        if self._read:
+            return
+        self._read = True
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as handle:
+            for raw in csv.DictReader(handle):
+                row: dict[str, Any] = {key: float(value) for key, value in raw.items() if value not in (None, "")}
+                row["step"] = int(row.get("step", 0))
+                self._rows[(row["step"], frozenset(row) - {"step"})] = row
+
+
 def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> L.Trainer:
     train = config.train
     task = make_task(config)
@@ -65,7 +130,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True)
         val_check_interval=train.validate_every or None,
         check_val_every_n_epoch=None if train.validate_every else 1,
         callbacks=[TrackTrainedBatches(), best, last, SayHowToResume(run_dir)],
-        logger=CSVLogger(run_dir, name="logs", version=""),
+        logger=RunLog(run_dir),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         enable_progress_bar=progress,
