@@ -356,6 +356,14 @@ def test_missing_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "none.ckpt")
 
 
+def test_a_quick_run_tests_on_the_first_test_images_only(tmp_path, data_dir):
+    """data.test_limit (0, all images, by default) makes a short run's test phase short too."""
+    run = train_run(tmp_path / "quick", tiny_config(data_dir, data={"test_limit": 40}, train={"epochs": 1}))
+    metrics = json.loads((run / "metrics.json").read_text())
+    counts = [m["images"] for part in ("resolution", "noise") for m in metrics[part].values()]
+    assert counts and set(counts) == {40}
+
+
 def test_brims_test_on_a_finished_run(finished_run, tmp_path, capsys):
     run = shutil.copytree(finished_run, tmp_path / "run")
     (run / "metrics.json").unlink()

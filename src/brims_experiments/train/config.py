@@ -51,6 +51,8 @@ class DataConfig:
     noise: corruptions evaluated at the training resolution, ``<kind>-<level>``.
     validation_size: images held out of the training set (seeded) to select the checkpoint.
     train_limit: use only the first this many training images (0: all); for quick runs.
+    test_limit: test on only the first this many test images (0: all, as for every reported
+        result); for quick runs.
     """
 
     dataset: str = "mnist"
@@ -59,6 +61,7 @@ class DataConfig:
     noise: tuple[str, ...] = ("gaussian-0.1", "gaussian-0.3", "flip-0.02", "flip-0.05")
     validation_size: int = 5000
     train_limit: int = 0
+    test_limit: int = 0
     batch_size: int = 64
     eval_batch_size: int = 500
     data_dir: str | None = None
@@ -79,6 +82,7 @@ class DataConfig:
                     f"data.noise: {text!r} applies to binarised data, not {self.dataset}")
         positive_int("data.validation_size", self.validation_size)
         int_at_least("data.train_limit", self.train_limit, 0, " (0: all)")
+        int_at_least("data.test_limit", self.test_limit, 0, " (0: all)")
         positive_int("data.batch_size", self.batch_size)
         positive_int("data.eval_batch_size", self.eval_batch_size)
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from brims_experiments.data.images import load_image_split
+from brims_experiments.data.images import ImageSplit, load_image_split
 from brims_experiments.tasks.seqimage import Noise, SequenceClassifier, make_sequences
 from brims_experiments.train.config import ExperimentConfig
 
@@ -35,9 +35,12 @@ def accuracy_on(model: SequenceClassifier, tokens: torch.Tensor, labels: torch.T
 
 def evaluate_test(model: SequenceClassifier, config: ExperimentConfig, device: torch.device,
                   progress: bool = True) -> dict[str, Any]:
-    """``{"resolution": {S: metrics}, "noise": {name: metrics}}`` on the full test split."""
+    """``{"resolution": {S: metrics}, "noise": {name: metrics}}`` on the test split (its first
+    ``data.test_limit`` images when set, all of them by default)."""
     data = config.data
     split = load_image_split(data.dataset, "test", data.data_dir)
+    if data.test_limit:
+        split = ImageSplit(split.images[: data.test_limit], split.labels[: data.test_limit])
     results: dict[str, Any] = {"train_resolution": data.train_resolution, "resolution": {}, "noise": {}}
     for size in data.all_test_resolutions:
         tokens = make_sequences(split.images, size, data.binarized)  # (N, S*S, C)
