@@ -216,6 +216,13 @@ def test_smoke_run_writes_the_run_folder(smoke_runs):
     assert len(rows) == 1 + 4 and rows[0].startswith("update,env_steps,episodes,mean_return")
 
 
+def test_load_run_gives_the_trained_agent(smoke_runs):
+    from brims_experiments import load_run
+
+    run = load_run(smoke_runs["brims"])
+    assert run.config.task == "rl" and run.core is run.model.core.network and not run.model.training
+
+
 def test_test_and_compare_commands(smoke_runs, capsys, tmp_path):
     assert brims("test", str(smoke_runs["lstm"]), "--episodes", "2", "--no-progress") == 0
     assert "| lstm | CartPole-v1 (velocity hidden) | lstm |" in capsys.readouterr().out

@@ -364,6 +364,23 @@ def test_a_quick_run_tests_on_the_first_test_images_only(tmp_path, data_dir):
     assert counts and set(counts) == {40}
 
 
+def test_load_run_gives_the_trained_model_and_its_core(finished_run):
+    from brims import BRIMs
+    from brims_experiments import load_run
+
+    run = load_run(finished_run)
+    best = read_checkpoint(finished_run / "checkpoints" / "best.ckpt")
+    assert run.checkpoint == finished_run / "checkpoints" / "best.ckpt" and not run.model.training
+    for name, value in run.model.state_dict().items():
+        assert torch.equal(value, best["state_dict"][f"model.{name}"]), name
+    assert isinstance(run.core, BRIMs) and run.core is run.model.core.network
+    output, state = run.core(torch.randn(5, 2, run.core.config.input_size))
+    assert output.shape == (5, 2, run.core.config.hidden_sizes[-1])
+    assert load_run(finished_run / "checkpoints" / "best.ckpt").config == run.config
+    with pytest.raises(CheckpointError):
+        load_run(finished_run / "checkpoints" / "missing.ckpt")
+
+
 def test_brims_test_on_a_finished_run(finished_run, tmp_path, capsys):
     run = shutil.copytree(finished_run, tmp_path / "run")
     (run / "metrics.json").unlink()
