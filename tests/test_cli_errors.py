@@ -144,6 +144,15 @@ def test_without_the_train_extra_says_what_to_install(tmp_path):
     assert_one_message(result, "needs the experiments' packages (yaml is not installed): pip install 'brims[train]'")
 
 
+def test_rl_without_the_rl_extra_says_what_to_install(tmp_path):
+    code = ("import sys; sys.modules['gymnasium'] = None; from brims_experiments.cli import main; "
+            f"sys.exit(main(['train', 'rl-cartpole-cpu', '--run-dir', {str(tmp_path / 'run')!r}]))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert_one_message(result, "needs reinforcement learning packages (gymnasium is not installed): "
+                               "pip install 'brims[rl]'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
     run = tmp_path / "rl"
     process = subprocess.Popen(

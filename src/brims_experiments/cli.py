@@ -292,10 +292,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except ModuleNotFoundError as error:
-        if args.debug or (error.name or "").split(".")[0] not in EXPERIMENT_PACKAGES:
+        extra = EXTRA_OF.get((error.name or "").split(".")[0])
+        if args.debug or extra is None:
             raise
-        print(f"error: `brims {args.command}` needs the experiments' packages ({error.name} is not installed): "
-              "pip install 'brims[train]'", file=sys.stderr)
+        what = "reinforcement learning" if extra == "rl" else "the experiments'"
+        print(f"error: `brims {args.command}` needs {what} packages ({error.name} is not installed): "
+              f"pip install 'brims[{extra}]'", file=sys.stderr)
         return 2
     except Exception as error:
         # Errors a user can cause (bad config or flag, missing or corrupted data, a foreign
@@ -307,8 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-# What the `train` extra installs (the library itself needs torch only).
-EXPERIMENT_PACKAGES = ("yaml", "lightning", "matplotlib", "numpy", "rdata", "gymnasium", "minigrid", "ale_py", "PIL", "tqdm")
+# What the extras install (the library itself needs torch only), by the module a missing one leaves out.
+EXTRA_OF = {
+    **dict.fromkeys(("yaml", "lightning", "matplotlib", "numpy", "rdata", "PIL", "tqdm"), "train"),
+    **dict.fromkeys(("gymnasium", "minigrid", "ale_py"), "rl"),
+}
 
 
 def is_user_error(error: Exception) -> bool:
