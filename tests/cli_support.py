@@ -20,10 +20,11 @@ from brims_experiments.runs import read_checkpoint
 
 @contextlib.contextmanager
 def isolated_process_state():
-    """``brims train`` sets torch threads and Lightning's seed variables: keep them out of other tests."""
+    """``brims train`` sets torch threads, Lightning's seed variables and torch.compile's cache folder:
+    keep them out of other tests."""
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "TORCHINDUCTOR_CACHE_DIR"):
             patch.delenv(name, raising=False)
         try:
             yield

@@ -173,3 +173,29 @@ def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert "Traceback" not in stderr, stderr
     assert f"{run} keeps its last checkpoint: resume with `brims train {run}`" in stderr
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---- a compiled core says that it compiles, and its code is cached beside the data -----------------
+
+
+def test_compiled_code_is_kept_beside_the_data_unless_chosen(tmp_path, monkeypatch):
+    from brims_experiments.runs import keep_compiled_code
+
+    monkeypatch.setenv("BRIMS_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    keep_compiled_code()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    keep_compiled_code()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize(("core", "says"), [({"kind": "brims", "compile": True}, True),
+                                            ({"kind": "brims", "compile": False}, False),
+                                            ({"kind": "lstm", "compile": True}, False)])
+def test_a_compiled_core_says_it_is_compiling(capsys, core, says):
+    from brims_experiments.runs import say_if_compiling
+    from brims_experiments.train.config import load_config
+
+    say_if_compiling(load_config(base={"model": {"core": core}}))
+    assert ("compiling the brims time step on the first batches" in capsys.readouterr().out) is says

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import io
 import json
+import os
 import pickle
 import re
 import time
@@ -27,7 +28,7 @@ import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from brims_experiments.data.store import atomic_write, atomic_write_text
+from brims_experiments.data.store import atomic_write, atomic_write_text, data_root
 
 # ---- config files ----------------------------------------------------------------------------------
 
@@ -230,6 +231,22 @@ def results_folder(path: Path, out: str | Path | None) -> Path:
         return path.parent.parent
     raise ConfigError(f"{path} is not in the checkpoints/ folder of a run folder: give --out FOLDER for its "
                       f"{METRICS_FILE} and figures")
+
+
+def keep_compiled_code() -> None:
+    """torch.compile's code cache beside the data (``<data root>/../inductor``) unless the user chose
+    one: its default under /tmp does not outlive a reboot, and a cold compile of a BRIMs chunk takes
+    minutes on a small CPU where a warm one takes seconds."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_root().parent / "inductor"))
+
+
+def say_if_compiling(config: Any) -> None:
+    """A compiled core's first training step compiles for minutes, silently: say so before it starts."""
+    core = config.model.core
+    if core.compile and core.kind != "lstm":
+        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache")
+        print(f"compiling the {core.kind} time step on the first batches: about 2 minutes on a 2-core CPU the "
+              f"first time, seconds once cached (in {cache})", flush=True)
 
 
 def run_dir_for(args: argparse.Namespace, config_path: Path, kind: str) -> Path:

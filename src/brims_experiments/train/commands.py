@@ -106,7 +106,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from brims_experiments.rl.config import task_of
     from brims_experiments.train.config import load_config
-    from brims_experiments.runs import CONFIG_FILE, run_dir_for
+    from brims_experiments.runs import CONFIG_FILE, keep_compiled_code, run_dir_for, say_if_compiling
     from brims_experiments.train.run import train
 
     source = Path(args.config)
@@ -121,6 +121,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         path = resolve_config(args.config)
     torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
+    keep_compiled_code()
     if task_of(source if path is None else path) == "rl":
         from brims_experiments.rl.commands import run_train as run_rl_train
 
@@ -131,6 +132,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = load_config(path, args.set)
         run_dir = run_dir_for(args, path, config.model.core.kind)
     args.run_folder = run_dir  # for the message after Ctrl-C
+    say_if_compiling(config if config is not None else load_config(run_dir / CONFIG_FILE))
     metrics = train(run_dir, config, progress=not args.no_progress)
     if metrics is not None:
         print(format_table([metrics]))
