@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from brims import BRIMsConfig
+from brims_experiments.cli import main
 from brims_experiments.rl.config import task_of
 from brims_experiments.runs import ConfigError, parse_overrides
 from brims_experiments.tasks.cores import BRIMS_FIELDS, CoreConfig
@@ -215,5 +216,30 @@ def test_every_packaged_preset_loads():
 
 
 def test_unknown_preset_lists_the_presets():
-    with pytest.raises(SystemExit, match="smnist-cpu"):
+    with pytest.raises(ConfigError, match="neither a config file nor a preset; presets: adding-cpu, .*smnist-cpu"):
         resolve_config("no-such-preset")
+
+
+def test_a_mistyped_preset_gets_a_suggestion(capsys):
+    assert main(["train", "smnist-cp"]) == 2
+    assert "did you mean smnist-cpu" in capsys.readouterr().err
+
+
+def test_presets_lists_every_preset_with_its_task_and_budget(capsys):
+    assert main(["presets"]) == 0
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "---" not in line}
+    rows.pop("preset")
+    assert sorted(rows) == preset_names()
+    assert rows["smnist-cpu"] == ["seqimage", "1 epoch", "Sequential MNIST sized for a 2-core CPU"]
+    assert rows["rl-cartpole-cpu"][:2] == ["rl", "40,960 environment steps"]
+    assert rows["lm-austen-cpu"][1] == "1,500 steps"
+
+
+def test_config_prints_the_whole_resolved_config(capsys, tmp_path):
+    assert main(["config", "smnist-cpu", "--set", "train.lr=1e-4", "model.core.kind=lstm"]) == 0
+    path = tmp_path / "printed.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert load_config(path) == load_config(resolve_config("smnist-cpu"), ["train.lr=1e-4", "model.core.kind=lstm"])
+    assert main(["config", "rl-cartpole-cpu"]) == 0
+    assert "ppo:" in capsys.readouterr().out

@@ -205,6 +205,16 @@ def smoke_runs(tmp_path_factory):
     return runs
 
 
+def test_a_finished_rl_run_can_be_extended(smoke_runs, tmp_path, capsys):
+    run = shutil.copytree(smoke_runs["lstm"], tmp_path / "longer")
+    before = read_checkpoint(run / "checkpoints" / "last.ckpt")["update"]
+    assert brims("train", str(run), "--no-progress", "--set", "ppo.total_steps=512") == 0
+    assert "changed for this resume: ppo.total_steps: 256 -> 512" in capsys.readouterr().out
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["update"] == 2 * before
+    assert brims("train", str(run), "--no-progress", "--set", "ppo.lr=0.5") == 2
+    assert "ppo.lr would change the run itself" in capsys.readouterr().err
+
+
 def test_smoke_run_writes_the_run_folder(smoke_runs):
     run = smoke_runs["brims"]
     for name in ("config.yaml", "checkpoints/last.ckpt", "metrics.csv", "metrics.json", "train_time.json"):

@@ -221,6 +221,33 @@ def test_training_a_finished_run_again_does_no_steps(finished_run, tmp_path):
     assert log_rows(run) == log_rows(finished_run) and log_before.count("\n") > 2  # the log is kept whole
 
 
+def test_a_finished_run_can_be_extended_and_resumed_with_other_threads(finished_run, tmp_path, capsys):
+    run = shutil.copytree(finished_run, tmp_path / "longer")
+    capsys.readouterr()
+    assert brims("train", str(run), "--no-progress", "--set", f"train.epochs={EPOCHS + 1}", "train.threads=2") == 0
+    out = capsys.readouterr().out
+    assert f"changed for this resume: train.epochs: {EPOCHS} -> {EPOCHS + 1}" in out
+    assert "changed for this resume: train.threads: 1 -> 2" in out
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == (EPOCHS + 1) * STEPS_PER_EPOCH
+    assert load_config(run / "config.yaml").train.epochs == EPOCHS + 1
+    rows = log_rows(run)
+    assert [row[:2] for row in rows][: len(log_rows(finished_run))] == [row[:2] for row in log_rows(finished_run)]
+    assert max(row[0] for row in rows) >= EPOCHS * STEPS_PER_EPOCH  # the new epoch is logged after the old ones
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.lr=0.5", "train.lr would change the run itself: start a new run"),
+    (f"train.epochs={EPOCHS - 1}", "would shrink the budget"),
+    ("train.max_steps=5", "would shrink the budget"),  # from 0, no limit
+])
+def test_a_resume_refuses_what_changes_the_run(finished_run, tmp_path, capsys, override, message):
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    before = (run / "config.yaml").read_text()
+    assert brims("train", str(run), "--no-progress", "--set", override) == 2
+    assert message in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+
+
 def test_resuming_refuses_another_run_dir(finished_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         brims("train", str(finished_run), "--run-dir", str(tmp_path / "other"))
@@ -281,13 +308,6 @@ def test_run_folder_with_a_different_config(tmp_path, data_dir, capsys, change, 
     assert field in message, f"the error does not name {field}: {message}"
     assert load_config(run / "config.yaml") == original
     assert not (run / "checkpoints").exists()
-
-
-def test_set_with_a_run_folder_is_a_usage_error(finished_run, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        brims("train", str(finished_run), "--set", "train.epochs=5")
-    assert exit_info.value.code == 2
-    assert "--set" in capsys.readouterr().err
 
 
 def test_folder_without_config_is_a_usage_error(tmp_path, capsys):

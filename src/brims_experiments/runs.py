@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -214,6 +215,47 @@ def check_device(name: str, what: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{what}={name}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+# Fields a resume may change: they do not change what the run computes, or (the budget) only let it
+# go on for longer.
+RESUMABLE_FIELDS = ("train.threads", "train.accelerator", "train.devices", "train.device")
+BUDGET_FIELDS = ("train.epochs", "train.max_steps", "ppo.total_steps")
+
+
+def amend_run_config(run_dir: Path, overrides: list[str], load: Callable[..., Any]) -> list[str]:
+    """Apply ``overrides`` to a run folder's config for its resume, and say what changed.
+
+    Only :data:`RESUMABLE_FIELDS` and a larger budget (:data:`BUDGET_FIELDS`; ``train.max_steps``
+    0 means no limit) are accepted: anything else would make the run something it was not, and is
+    refused with the advice to start a new run.
+    """
+    saved = run_dir / CONFIG_FILE
+    existing = load(saved)
+    amended = load(saved, overrides)
+    before, after = existing.as_dict(), amended.as_dict()
+    changed = differing_fields(after, before)
+    refused = [name for name in changed if name not in RESUMABLE_FIELDS + BUDGET_FIELDS]
+    if refused:
+        raise ConfigError(f"resuming {run_dir} may change only {', '.join(RESUMABLE_FIELDS)} and enlarge its budget "
+                          f"({', '.join(BUDGET_FIELDS)}); {', '.join(refused)} would change the run itself: start a "
+                          f"new run (--run-dir) instead")
+
+    def value(values: dict[str, Any], name: str) -> Any:
+        for part in name.split("."):
+            values = values[part]
+        return values
+
+    lines = []
+    for name in changed:
+        old, new = value(before, name), value(after, name)
+        limit = (lambda steps: steps or math.inf) if name == "train.max_steps" else (lambda amount: amount)
+        if name in BUDGET_FIELDS and limit(new) < limit(old):
+            raise ConfigError(f"{name}={new} would shrink the budget of {run_dir} ({old}); a resume only extends it")
+        lines.append(f"{name}: {old} -> {new}")
+    if changed:
+        atomic_write_text(saved, amended.to_yaml())
+    return lines
 
 
 def results_folder(path: Path, out: str | Path | None) -> Path:

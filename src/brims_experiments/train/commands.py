@@ -1,19 +1,24 @@
-"""``brims fetch | train | test | compare``: the experiment commands of the command line.
+"""``brims fetch | train | test | compare | presets | config | generate``: the experiment commands.
 
-Printing happens here (the program's user interface); everything below it logs.
+Printing happens here (the program's user interface); everything below it logs. The imports of
+the training stack are inside the commands, so that ``brims --help`` (and the message that says
+what to install) works without the ``train`` extra.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import logging
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
 PRESETS_PACKAGE = "brims_experiments.configs"
 
 
@@ -30,7 +35,58 @@ def resolve_config(name: str) -> Path:
     preset = resources.files(PRESETS_PACKAGE) / f"{name}.yaml"
     if preset.is_file():
         return Path(str(preset))
-    raise SystemExit(f"error: {name} is neither a config file nor a preset; presets: {', '.join(preset_names())}")
+    from brims_experiments.runs import ConfigError
+
+    close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.6)
+    guess = f"did you mean {' or '.join(close)}? " if close else ""
+    raise ConfigError(f"{name} is neither a config file nor a preset; {guess}presets: {', '.join(preset_names())} "
+                      "(`brims presets` describes them)")
+
+
+def describe_preset(name: str) -> dict[str, str]:
+    """A preset's task, the first sentence of its comment, and its budget."""
+    text = (resources.files(PRESETS_PACKAGE) / f"{name}.yaml").read_text()
+    comment = " ".join(line[1:].strip() for line in text.splitlines() if line.startswith("#"))
+    summary = re.split(r"[.:;]\s", comment + " ", maxsplit=1)[0].strip().rstrip(".:;")
+    if summary.count("(") > summary.count(")"):  # cut inside a parenthesis: keep what precedes it
+        summary = summary[: summary.rindex("(")].strip()
+    config = load_any_config(resolve_config(name))
+    if config.task == "rl":
+        budget = f"{config.ppo.total_steps:,} environment steps"
+    elif config.train.max_steps:
+        budget = f"{config.train.max_steps:,} steps"
+    else:
+        budget = f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''}"
+    return {"preset": name, "task": config.task, "description": summary, "budget": budget}
+
+
+def load_any_config(path: Path, overrides: list[str] | None = None) -> Any:
+    """A supervised or an RL config (by the ``task`` it names), with ``overrides``."""
+    from brims_experiments.rl.config import load_rl_config, task_of
+    from brims_experiments.train.config import load_config
+
+    return (load_rl_config if task_of(path) == "rl" else load_config)(path, overrides)
+
+
+def run_presets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    rows = [describe_preset(name) for name in preset_names()]
+    print("| preset | task | budget | description |")
+    print("|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['preset']} | {row['task']} | {row['budget']} | {row['description']} |")
+    print("\n`brims config <preset>` prints the whole config; `brims train <preset>` trains it.")
+    return 0
+
+
+def run_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims_experiments.runs import CONFIG_FILE
+
+    source = Path(args.config)
+    path = source / CONFIG_FILE if source.is_dir() else resolve_config(args.config)
+    if source.is_dir() and not path.is_file():
+        parser.error(f"{source} is a folder without {CONFIG_FILE}: not a run folder")
+    print(load_any_config(path, args.set).to_yaml(), end="")
+    return 0
 
 
 def add_commands(commands: Any) -> None:
@@ -54,7 +110,9 @@ def add_commands(commands: Any) -> None:
     train.add_argument("config", help="YAML config, preset name, or an existing run folder to resume")
     train.add_argument("--run-dir", help="run folder (default runs/<config name>-<model kind>)")
     train.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                       help="override config fields, e.g. model.core.kind=lstm train.epochs=2")
+                       help="override config fields, e.g. model.core.kind=lstm train.epochs=2; on a run folder "
+                       "only train.threads, accelerator, devices, device and a larger budget (train.epochs, "
+                       "train.max_steps, ppo.total_steps)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
     train.set_defaults(handler=run_train, command_parser=train)
 
@@ -69,6 +127,18 @@ def add_commands(commands: Any) -> None:
     test.add_argument("--episodes", type=int, help="RL runs only: episodes to play (default: the config's "
                       "train.eval_episodes)")
     test.set_defaults(handler=run_test, command_parser=test)
+
+    presets = commands.add_parser("presets", help="list the packaged presets: task, budget, what each is",
+                                  description="List the presets that `brims train <preset>` takes.")
+    presets.set_defaults(handler=run_presets, command_parser=presets)
+
+    config = commands.add_parser("config", help="print the whole resolved config of a preset, file or run",
+                                 description="Print the config that `brims train` would use (every field, "
+                                 "defaults included) as YAML: a preset, a YAML file or a run folder, with --set.")
+    config.add_argument("config", help="preset name, YAML config or run folder")
+    config.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override config fields, e.g. model.core.kind=lstm")
+    config.set_defaults(handler=run_config, command_parser=config)
 
     generate = commands.add_parser("generate", help="sample text from a trained language model",
                                    description="Read the prompt, then draw tokens one at a time from the model's "
@@ -106,13 +176,11 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from brims_experiments.rl.config import task_of
     from brims_experiments.train.config import load_config
-    from brims_experiments.runs import CONFIG_FILE, keep_compiled_code, run_dir_for, say_if_compiling
+    from brims_experiments.runs import CONFIG_FILE, amend_run_config, keep_compiled_code, run_dir_for, say_if_compiling
     from brims_experiments.train.run import train
 
     source = Path(args.config)
     if source.is_dir():
-        if args.set:
-            parser.error("a run folder resumes with its own config; --set starts a new run elsewhere")
         if args.run_dir and Path(args.run_dir).resolve() != source.resolve():
             parser.error(f"a run folder resumes in place: --run-dir {args.run_dir} applies to a new run from a config")
         if not (source / CONFIG_FILE).is_file():
@@ -120,6 +188,12 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         path = None
     else:
         path = resolve_config(args.config)
+    if path is None and args.set:  # a resume may change what does not change the run, and extend it
+        from brims_experiments.rl.config import load_rl_config
+
+        load = load_rl_config if task_of(source) == "rl" else load_config
+        for line in amend_run_config(source, args.set, load):
+            print(f"changed for this resume: {line}")
     torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
     keep_compiled_code()
     if task_of(source if path is None else path) == "rl":
