@@ -199,3 +199,28 @@ def test_a_compiled_core_says_it_is_compiling(capsys, core, says):
 
     say_if_compiling(load_config(base={"model": {"core": core}}))
     assert ("compiling the brims time step on the first batches" in capsys.readouterr().out) is says
+
+
+# ---- progress ----------------------------------------------------------------------------------------
+
+
+def test_without_a_bar_progress_goes_to_lines_on_the_console_and_a_log_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert brims("train", str(adding_config(tmp_path, epochs=3)), "--run-dir", str(run), "--no-progress",
+                 "--set", "train.max_steps=5") == 0  # 2 steps an epoch: the budget is 5 steps, not 6
+    err = capsys.readouterr().err
+    assert "training from step 0 of 5" in err and "step 5/5" in err and "(training done)" in err
+    lines = (run / "logs" / "progress.log").read_text().splitlines()
+    assert lines[0].endswith("training from step 0 of 5") and lines[-1].endswith("(training done)")
+
+
+def test_the_bar_counts_the_run_budget_not_the_epoch(tmp_path):
+    """adding's epoch is 2 batches here; with train.max_steps=3 over 2 epochs the run is 3 steps
+    (Lightning's own bar counted each epoch's batches: 2 per epoch)."""
+    result = run_cli("train", str(adding_config(tmp_path, epochs=2)), "--run-dir", str(tmp_path / "run"),
+                     "--set", "train.max_steps=3")
+    assert result.returncode == 0, result.stderr
+    output = (result.stdout + result.stderr).replace("\r", "\n")  # Lightning draws its bars on stdout
+    bars = [part.strip() for part in output.splitlines() if "training (epoch" in part]
+    assert bars and all("/3 [" in bar for bar in bars), output[-2000:]
+    assert "3/3 [" in bars[-1]

@@ -43,6 +43,7 @@ from brims_experiments.runs import (
 from brims_experiments.train.config import ExperimentConfig, load_config
 from brims_experiments.train.datamodule import TrackTrainedBatches
 from brims_experiments.train.module import ExperimentModule
+from brims_experiments.train.progress import ProgressLines, RunProgressBar
 from brims_experiments.train.tasks import make_task
 
 log = logging.getLogger(__name__)
@@ -129,11 +130,12 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True)
         gradient_clip_val=train.grad_clip or None,
         val_check_interval=train.validate_every or None,
         check_val_every_n_epoch=None if train.validate_every else 1,
-        callbacks=[TrackTrainedBatches(), best, last, SayHowToResume(run_dir)],
+        callbacks=[TrackTrainedBatches(), best, last, SayHowToResume(run_dir),
+                   RunProgressBar() if progress else ProgressLines(run_dir)],
         logger=RunLog(run_dir),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress,  # the bar is RunProgressBar; without it, ProgressLines
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )
