@@ -155,6 +155,7 @@ def test_malformed_override(assignment):
         (["train.epochs=two"], "train.epochs"),
         (["train.epochs=0"], "train.epochs"),
         (["data.test_limit=-1"], "data.test_limit"),
+        (["train.logger=wandb"], "train.logger"),
         (["data.batch_size=true"], "data.batch_size"),
         (["model.embedding_size=-1"], "model.embedding_size"),
         (["train.checkpoint_every=0"], "train.checkpoint_every"),

@@ -205,6 +205,18 @@ def smoke_runs(tmp_path_factory):
     return runs
 
 
+def test_rl_run_with_the_tensorboard_logger(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write(tmp_path / "tb.yaml", tiny_config(train={"logger": "tensorboard"}))
+    assert brims("train", str(config), "--run-dir", str(tmp_path / "run"), "--no-progress") == 0
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "tensorboard"))
+    events.Reload()
+    assert {"episodes", "seconds"} <= set(events.Tags()["scalars"])
+    steps = [event.step for event in events.Scalars("seconds")]
+    assert steps == sorted(steps) and steps[-1] == 256  # by environment step, up to the budget
+
+
 def test_a_finished_rl_run_can_be_extended(smoke_runs, tmp_path, capsys):
     run = shutil.copytree(smoke_runs["lstm"], tmp_path / "longer")
     before = read_checkpoint(run / "checkpoints" / "last.ckpt")["update"]

@@ -384,6 +384,22 @@ def test_a_quick_run_tests_on_the_first_test_images_only(tmp_path, data_dir):
     assert counts and set(counts) == {40}
 
 
+def tensorboard_scalars(folder: Path) -> dict[str, list[int]]:
+    """The steps of every scalar in a TensorBoard log folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [event.step for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_tensorboard_logger_beside_the_csv_log(tmp_path, data_dir):
+    run = train_run(tmp_path / "tb", tiny_config(data_dir, train={"epochs": 2, "logger": "tensorboard"}))
+    scalars = tensorboard_scalars(run / "logs" / "tensorboard")
+    assert "train/loss" in scalars and "val/acc" in scalars
+    assert log_rows(run)  # the CSV log is written all the same (the figures read it)
+
+
 def test_load_run_gives_the_trained_model_and_its_core(finished_run):
     from brims import BRIMs
     from brims_experiments import load_run

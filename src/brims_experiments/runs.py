@@ -219,7 +219,7 @@ def check_device(name: str, what: str) -> torch.device:
 
 # Fields a resume may change: they do not change what the run computes, or (the budget) only let it
 # go on for longer.
-RESUMABLE_FIELDS = ("train.threads", "train.accelerator", "train.devices", "train.device")
+RESUMABLE_FIELDS = ("train.threads", "train.accelerator", "train.devices", "train.device", "train.logger")
 BUDGET_FIELDS = ("train.epochs", "train.max_steps", "ppo.total_steps")
 
 
@@ -256,6 +256,26 @@ def amend_run_config(run_dir: Path, overrides: list[str], load: Callable[..., An
     if changed:
         atomic_write_text(saved, amended.to_yaml())
     return lines
+
+
+LOGGERS = ("csv", "tensorboard")  # the CSV log is always written (the figures read it)
+
+
+def check_logger(name: str) -> None:
+    require(name in LOGGERS, f"train.logger must be one of {', '.join(LOGGERS)}, got {name!r}")
+
+
+def tensorboard_logger(run_dir: Path, from_step: int) -> Any:
+    """Lightning's TensorBoard logger writing to ``logs/tensorboard`` of the run folder. A resumed
+    session purges the events a killed one wrote after ``from_step``, as the CSV log does."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("train.logger=tensorboard needs the tensorboard package: pip install 'brims[train]'")
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    purge = {"purge_step": from_step} if from_step else {}
+    return TensorBoardLogger(run_dir / "logs", name="", version="tensorboard", default_hp_metric=False, **purge)
 
 
 def results_folder(path: Path, out: str | Path | None) -> Path:

@@ -23,6 +23,7 @@ from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.runs import (
     ConfigError,
     build_config,
+    check_logger,
     config_layers,
     int_at_least,
     load_yaml,
@@ -130,6 +131,8 @@ class RLTrainConfig:
     device: ``cpu`` or ``cuda`` (``cuda:1``, ...); the environments always run on the CPU.
     checkpoint_every: updates between ``last.ckpt`` saves (what a crash can lose at most).
     eval_episodes: episodes ``brims test`` plays with the final policy.
+    logger: ``csv`` (``metrics.csv``, always written) or ``tensorboard`` (also TensorBoard event
+        files in ``logs/tensorboard``, by environment step).
     """
 
     seed: int = 0
@@ -137,6 +140,7 @@ class RLTrainConfig:
     device: str = "cpu"
     checkpoint_every: int = 10
     eval_episodes: int = 20
+    logger: str = "csv"
 
     def __post_init__(self) -> None:
         int_at_least("train.seed", self.seed, 0)
@@ -148,6 +152,7 @@ class RLTrainConfig:
         require(device.type in ("cpu", "cuda"), f"train.device must be cpu or cuda[:index], got {self.device!r}")
         positive_int("train.checkpoint_every", self.checkpoint_every)
         positive_int("train.eval_episodes", self.eval_episodes)
+        check_logger(self.logger)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from brims_experiments.runs import (
     read_checkpoint,
     results_folder,
     save_figure,
+    tensorboard_logger,
 )
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     collector.recent.extend(recent)
     session, session_start = TrainingSession(run_dir), update
     offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
+    board = tensorboard_logger(run_dir, rows[-1]["env_steps"] if rows else 0) if config.train.logger == "tensorboard" else None
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
     try:
         while update < total:
@@ -163,6 +165,9 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
                 **losses,
                 "seconds": round(offset + session.elapsed(), 2),
             })
+            if board is not None:
+                board.log_metrics({k: v for k, v in rows[-1].items() if k not in ("update", "env_steps")},
+                                  step=rows[-1]["env_steps"])
             bar.update(1)
             bar.set_postfix(steps=rows[-1]["env_steps"], avg_return=f"{rows[-1][f'return_last{RETURN_WINDOW}']:.1f}")
             if update % config.train.checkpoint_every == 0 or update == total:
@@ -172,6 +177,8 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     finally:
         bar.close()
         envs.close()
+        if board is not None:
+            board.finalize("success")
     session.record(ended=True, from_update=session_start, to_update=update)
     plot_curves([(config.model.core.kind, rows)], run_dir / PLOT_FILE, config.env.id)
     return test(run_dir, progress=progress) if test_after else summary(last)

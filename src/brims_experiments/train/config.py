@@ -28,6 +28,7 @@ from brims_experiments.data.moving_mnist import MovingDigitsConfig
 from brims_experiments.runs import (
     ConfigError,
     build_config,
+    check_logger,
     config_layers,
     int_at_least,
     merge,
@@ -314,6 +315,8 @@ class TrainConfig:
     validate_every: steps between validations (0: once per epoch).
     accelerator, devices, strategy, precision: passed to the Lightning ``Trainer``.
     threads: CPU threads for torch (0: torch's default).
+    logger: ``csv`` (``logs/metrics.csv``, always written) or ``tensorboard`` (also TensorBoard
+        event files in ``logs/tensorboard``).
     """
 
     epochs: int = 100
@@ -328,6 +331,7 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     threads: int = 0
+    logger: str = "csv"
 
     def __post_init__(self) -> None:
         positive_int("train.epochs", self.epochs)
@@ -341,6 +345,7 @@ class TrainConfig:
                 f"train.validate_every={self.validate_every} exceeds train.max_steps={self.max_steps}: training "
                 "would stop before its first validation and leave no best checkpoint to test")
         int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
+        check_logger(self.logger)
 
 
 DATA_CONFIGS: dict[str, type] = {

@@ -36,6 +36,7 @@ from brims_experiments.runs import (
     ConfigError,
     TrainingSession,
     check_device,
+    tensorboard_logger,
     prepare_run_dir,
     read_checkpoint,
     results_folder,
@@ -112,8 +113,12 @@ class RunLog(Logger):
                 self._rows[(row["step"], frozenset(row) - {"step"})] = row
 
 
-def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True) -> L.Trainer:
+def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True, from_step: int = 0) -> L.Trainer:
+    """Lightning's trainer for the run folder; ``from_step``: the step a resume starts from."""
     train = config.train
+    loggers: list[Logger] = [RunLog(run_dir)]
+    if train.logger == "tensorboard":
+        loggers.append(tensorboard_logger(run_dir, from_step))
     task = make_task(config)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode=task.mode,
                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
@@ -132,7 +137,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True)
         check_val_every_n_epoch=None if train.validate_every else 1,
         callbacks=[TrackTrainedBatches(), best, last, SayHowToResume(run_dir),
                    RunProgressBar() if progress else ProgressLines(run_dir)],
-        logger=RunLog(run_dir),
+        logger=loggers,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         enable_progress_bar=progress,  # the bar is RunProgressBar; without it, ProgressLines
@@ -157,8 +162,6 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     module = ExperimentModule(config.as_dict())  # the model: its size errors (e.g. tied embeddings)
     datamodule = module.task.datamodule()
-    trainer = make_trainer(config, run_dir, progress)  # Lightning refuses a precision or strategy here
-    config = prepare_run_dir(run_dir, config, load_config)
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = last if last.is_file() else None
     resumed_step = None
@@ -168,6 +171,9 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
         module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
         resumed_step = checkpoint.get("global_step")
         log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
+    # Lightning refuses a precision or strategy here (and a logger whose package is missing).
+    trainer = make_trainer(config, run_dir, progress, from_step=resumed_step or 0)
+    config = prepare_run_dir(run_dir, config, load_config)
     session = TrainingSession(run_dir)
     trainer.callbacks.append(RecordSessionAtCheckpoints(session, from_step=resumed_step or 0))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
