@@ -44,11 +44,17 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def run_compare(runs: list[dict[str, Any]], folders: list[str], plot: Path) -> None:
     """Print the table of finished RL runs and plot their learning curves together."""
-    from brims_experiments.rl.run import plot_curves, read_curve
+    from brims_experiments.rl.config import load_rl_config
+    from brims_experiments.rl.envs import reference_returns
+    from brims_experiments.rl.run import env_title, plot_curves, read_curve
+    from brims_experiments.runs import CONFIG_FILE, MODEL_NAMES
 
     print(format_table(runs, [Path(f).name for f in folders]))
-    curves = [(f"{run['model']} ({Path(folder).name})", read_curve(Path(folder))) for run, folder in zip(runs, folders)]
-    plot_curves(curves, plot, " / ".join(dict.fromkeys(run["env"] for run in runs)))
+    curves = [(f"{MODEL_NAMES.get(run['model'], run['model'])} ({Path(folder).name})", read_curve(Path(folder)))
+              for run, folder in zip(runs, folders)]
+    envs = list(dict.fromkeys(load_rl_config(Path(folder) / CONFIG_FILE).env for folder in folders))
+    references = reference_returns(envs[0]) if len(envs) == 1 else {}  # one environment: its lines
+    plot_curves(curves, plot, " / ".join(env_title(env) for env in envs), references)
 
 
 def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:

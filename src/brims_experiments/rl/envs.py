@@ -104,6 +104,33 @@ def make_env(config: EnvConfig) -> gym.Env:
     return env
 
 
+def reference_returns(config: EnvConfig, episodes: int = 100, seed: int = 0) -> dict[str, float]:
+    """Mean returns of policies that learn nothing, the lines a learning curve should clear:
+    uniform random actions, and on CartPole the memoryless rule "push towards the side the pole
+    leans". Atari is left out (an episode is minutes of play)."""
+    if config.id.startswith("ALE/"):
+        return {}
+    env = make_env(config)
+    rng = np.random.default_rng(seed)
+    policies = {"random actions": lambda observation: int(rng.integers(env.action_space.n))}
+    if config.id.startswith("CartPole-"):
+        angle = 1 if config.hide_velocity else 2  # the pole's angle in what the agent sees
+        policies["memoryless rule"] = lambda observation: int(observation[angle] > 0)
+    means = {}
+    for name, policy in policies.items():
+        total = 0.0
+        for episode in range(episodes):
+            observation, _ = env.reset(seed=seed + episode)
+            done = False
+            while not done:
+                observation, reward, terminated, truncated, _ = env.step(policy(observation))
+                total += float(reward)
+                done = terminated or truncated
+        means[name] = total / episodes
+    env.close()
+    return means
+
+
 @dataclass(frozen=True)
 class EnvSpaces:
     """What the agent is built for: the observation's shape and dtype, and the action count."""

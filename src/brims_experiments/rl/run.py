@@ -31,11 +31,12 @@ import torch
 from brims_experiments.data.store import atomic_write_text
 from brims_experiments.rl.agent import RecurrentActorCritic
 from brims_experiments.rl.config import RLConfig, load_rl_config
-from brims_experiments.rl.envs import EnvSpaces, env_spaces, make_vector_env
+from brims_experiments.rl.envs import EnvSpaces, env_spaces, make_vector_env, reference_returns
 from brims_experiments.rl.ppo import Collector, ppo_update
 from brims_experiments.runs import (
     CONFIG_FILE,
     FORMAT_KEY,
+    MODEL_NAMES,
     FORMAT_VERSION,
     METRICS_FILE,
     TRAIN_TIME_FILE,
@@ -180,7 +181,8 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
         if board is not None:
             board.finalize("success")
     session.record(ended=True, from_update=session_start, to_update=update)
-    plot_curves([(config.model.core.kind, rows)], run_dir / PLOT_FILE, config.env.id)
+    plot_curves([(MODEL_NAMES[config.model.core.kind], rows)], run_dir / PLOT_FILE, env_title(config.env),
+                reference_returns(config.env))
     return test(run_dir, progress=progress) if test_after else summary(last)
 
 
@@ -288,13 +290,20 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
     return metrics
 
 
+def env_title(config: Any) -> str:
+    """The environment in words for a figure title."""
+    return f"{config.id}, velocities hidden" if config.hide_velocity else config.id
+
+
 def read_curve(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / CURVE_FILE, newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
-def plot_curves(runs: list[tuple[str, list[dict[str, float]]]], path: Path, title: str) -> Path:
-    """Average training return (last episodes) against environment steps, one line per run."""
+def plot_curves(runs: list[tuple[str, list[dict[str, float]]]], path: Path, title: str,
+                references: dict[str, float] | None = None) -> Path:
+    """Average training return (last episodes) against environment steps, one line per run, and
+    dashed the returns of policies that learn nothing (:func:`reference_returns`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -308,6 +317,9 @@ def plot_curves(runs: list[tuple[str, list[dict[str, float]]]], path: Path, titl
         if points:
             axes.plot(*zip(*points), label=label)
             drawn = True
+    for (name, value), style in zip((references or {}).items(), ("--", ":")):
+        axes.axhline(value, color="grey", linestyle=style, linewidth=1, label=f"{name} ({value:.0f})")
+        drawn = True
     axes.set_xlabel("environment steps")
     axes.set_ylabel(f"average return (last {RETURN_WINDOW} episodes)")
     axes.set_title(title)

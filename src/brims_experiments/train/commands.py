@@ -233,8 +233,8 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims_experiments.runs import METRICS_FILE, title_of
     from brims_experiments.train.plots import plot_test_summary
-    from brims_experiments.runs import METRICS_FILE
 
     runs = []
     for folder in args.runs:
@@ -255,8 +255,7 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
         return 0
     print(format_table(runs, [Path(f).name for f in args.runs]))
-    task = runs[0].get("task", "seqimage")
-    plot_test_summary(runs, plot, f"sequential {runs[0]['dataset']}" if task == "seqimage" else task)
+    plot_test_summary(runs, plot, title_of(runs[0], with_model=False))
     print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
     return 0
 

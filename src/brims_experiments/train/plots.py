@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from brims_experiments.runs import save_figure  # noqa: E402
+from brims_experiments.runs import save_figure, title_of  # noqa: E402
 
 log = logging.getLogger(__name__)
 SLOT_NAMES = ("null", "bottom-up", "top-down")
@@ -86,7 +86,9 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
 
         return plot_error_by_step(runs, path, title)
     key, metric, xlabel, ylabel, scale, _ = SUMMARIES[task]
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    noisy = task == "seqimage" and any(metrics.get("noise") for metrics in runs)
+    figure, axes = plt.subplots(1, 2 if noisy else 1, figsize=(10.5 if noisy else 5.5, 3.8), squeeze=False)
+    axis = axes[0][0]
     for metrics in runs:
         if task == "lm":  # the clean test split at share 0, then each noise share
             metric = "bpc" if metrics["level"] == "char" else "ppl"
@@ -97,6 +99,8 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
         conditions = sorted(points)
         values = [scale * points[c][metric] for c in conditions]
         axis.plot(conditions, values, "o-", label=metrics.get("label", metrics["model"]))
+        if task != "lm":  # resolutions, gaps and lengths are whole numbers: tick exactly those tested
+            axis.set_xticks(conditions)
         if "train_resolution" in metrics:
             axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
     if "trivial_mse" in runs[0]:
@@ -106,8 +110,27 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
+    if noisy:
+        _plot_noise(axes[0][1], runs, scale)
     save_figure(figure, path)
     return path
+
+
+def _plot_noise(axis: Any, runs: Sequence[dict[str, Any]], scale: float) -> None:
+    """Grouped bars: each run's test accuracy on clean and on each kind of corrupted test images
+    at the training resolution."""
+    names = ["clean"] + sorted({name for metrics in runs for name in metrics.get("noise", {})})
+    width = 0.8 / len(runs)
+    for index, metrics in enumerate(runs):
+        clean = metrics["resolution"].get(str(metrics.get("train_resolution")), {}).get("acc", float("nan"))
+        values = [clean] + [metrics.get("noise", {}).get(name, {}).get("acc", float("nan")) for name in names[1:]]
+        positions = [i + (index - (len(runs) - 1) / 2) * width for i in range(len(names))]
+        axis.bar(positions, [scale * v for v in values], width, label=metrics.get("label", metrics["model"]))
+    axis.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    axis.set_ylabel("test accuracy (%) at the training resolution")
+    axis.set_title("noisy test images")
+    axis.grid(alpha=0.3, axis="y")
+    axis.legend(fontsize=8)
 
 
 def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
@@ -183,12 +206,10 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
 
 
 def plot_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
-    kind = config.model.core.kind
-    title = f"{kind} on sequential {metrics['dataset']}" if config.task == "seqimage" else f"{kind} on {config.task}"
+    title = title_of(metrics)
     if config.task == "video":
         from brims_experiments.train.video_plots import plot_video_run
 
-        title = f"{kind} on {'bouncing balls' if metrics['dataset'] == 'balls' else 'Moving MNIST'}"
         summary = plot_video_run(run_dir, config, task, model, metrics, title)
     else:
         summary = [plot_test_summary([metrics], run_dir / SUMMARIES[config.task][-1], title)]

@@ -1,0 +1,54 @@
+"""What the figures say: titles in words, integer ticks, the noise results beside the resolutions,
+and the lines a learning curve must clear."""
+
+from __future__ import annotations
+
+import pytest
+
+from brims_experiments.rl.config import EnvConfig
+from brims_experiments.rl.envs import reference_returns
+from brims_experiments.runs import title_of
+from brims_experiments.train import plots
+
+
+@pytest.mark.parametrize(("metrics", "title"), [
+    ({"task": "seqimage", "dataset": "mnist", "model": "brims-no-top-down"}, "BRIMs without top-down on sequential MNIST"),
+    ({"task": "lm", "dataset": "austen", "model": "lstm"}, "LSTM on Jane Austen (words)"),
+    ({"task": "video", "dataset": "mnist", "model": "rims"}, "RIMs on Moving MNIST"),
+    ({"task": "video", "dataset": "balls", "model": "brims"}, "BRIMs on bouncing balls"),
+    ({"task": "adding", "dataset": "adding", "model": "brims"}, "BRIMs on the adding problem"),
+])
+def test_titles_are_in_words(metrics, title):
+    assert title_of(metrics) == title
+
+
+def seqimage_metrics(label: str, accuracy: float) -> dict:
+    resolution = {str(side): {"acc": accuracy, "images": 10} for side in (14, 16, 19, 24)}
+    noise = {"gaussian-0.1": {"acc": accuracy / 2, "images": 10, "resolution": 14}}
+    return {"task": "seqimage", "dataset": "mnist", "model": "brims", "label": label, "train_resolution": 14,
+            "resolution": resolution, "noise": noise}
+
+
+def test_the_resolution_figure_ticks_the_tested_sides_and_shows_the_noise(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
+    plots.plot_test_summary([seqimage_metrics("a", 0.5), seqimage_metrics("b", 0.7)], tmp_path / "f.png", "t")
+    (figure,) = figures
+    resolution, noise = figure.axes
+    assert list(resolution.get_xticks()) == [14, 16, 19, 24]
+    assert [label.get_text() for label in noise.get_xticklabels()] == ["clean", "gaussian-0.1"]
+    heights = sorted(round(bar.get_height(), 6) for bar in noise.patches)
+    assert heights == [25.0, 35.0, 50.0, 70.0]  # percent: each run's clean and noisy accuracy
+
+
+def test_reference_returns_of_cartpole_with_hidden_velocities():
+    """Random play scores about 22 and the memoryless rule about 40: a policy that learned
+    something clears the second line, one that remembers clears it by far."""
+    first = reference_returns(EnvConfig(hide_velocity=True), episodes=50)
+    assert first == reference_returns(EnvConfig(hide_velocity=True), episodes=50)  # seeded
+    assert 15 < first["random actions"] < 30 < first["memoryless rule"] < 60
+
+
+def test_no_reference_is_played_for_atari():
+    assert reference_returns(EnvConfig(id="ALE/Pong-v5", hide_velocity=False)) == {}
+
