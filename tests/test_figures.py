@@ -52,3 +52,31 @@ def test_reference_returns_of_cartpole_with_hidden_velocities():
 def test_no_reference_is_played_for_atari():
     assert reference_returns(EnvConfig(id="ALE/Pong-v5", hide_velocity=False)) == {}
 
+
+
+def test_the_error_per_frame_figure_shows_the_constant_baseline(tmp_path, monkeypatch):
+    from brims_experiments.train import video_plots
+
+    figures = []
+    monkeypatch.setattr(video_plots, "save_figure", lambda figure, path: figures.append(figure))
+    run = {"model": "brims", "teacher_frames": 2,
+           "condition": {"2 balls": {"bce_per_step": [5.0, 4.0, 6.0], "constant_bce": 7.5}}}
+    video_plots.plot_error_by_step([run], tmp_path / "f.png", "t")
+    (axis,) = figures[0].axes
+    assert any(list(line.get_ydata()) == [7.5, 7.5] for line in axis.get_lines())
+
+
+def test_the_rollout_gif_labels_its_columns(tmp_path):
+    import torch
+    from PIL import Image
+
+    from brims_experiments.train import video_plots
+
+    true, predicted = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
+    path = video_plots.save_gif(tmp_path / "r.gif", [("2 balls", None, true, predicted)])
+    image = Image.open(path).convert("L")
+    scale, header = video_plots.GIF_SCALE, video_plots.GIF_HEADER_PIXELS
+    assert image.height == header + (8 + 2) * scale  # the frames and a separator under the header
+    band = torch.tensor(list(image.crop((0, 0, image.width, header)).getdata())).view(header, image.width)
+    side = 8 * scale
+    assert band[:, :side].max() > 200 and band[:, side + 2 * scale :].max() > 200  # "true", "predicted" (GIF palette)

@@ -16,13 +16,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
 from brims_experiments.data.store import atomic_write  # noqa: E402
 from brims_experiments.runs import save_figure  # noqa: E402
 
 STRIP_COLUMNS = 12  # frames shown per row of the strip
 GIF_SCALE = 4  # pixels per frame pixel in the GIF
+GIF_HEADER_PIXELS = 12  # the band above the frames that labels the columns
 GIF_MS_PER_FRAME = 150
 
 
@@ -72,7 +73,8 @@ def plot_strip(path: Path, title: str, shown: list[tuple[str, Any, torch.Tensor,
 
 def plot_error_by_step(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
     """One panel per test condition: BCE per frame at every predicted frame, one line per run;
-    dotted: the last teacher-forced prediction."""
+    dotted: the last teacher-forced prediction; dashed: the constant baseline (every pixel at the
+    rolled-out frames' mean intensity)."""
     names = list(dict.fromkeys(name for run in runs for name in run["condition"]))
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
     for axis, name in zip(axes[0], names):
@@ -83,6 +85,9 @@ def plot_error_by_step(runs: Sequence[dict[str, Any]], path: Path, title: str) -
             values = result["bce_per_step"]
             axis.plot(range(1, len(values) + 1), values, label=run.get("label", run["model"]), linewidth=1.2)
         axis.axvline(runs[0]["teacher_frames"], color="grey", linestyle=":", linewidth=1)
+        constant = next((run["condition"][name].get("constant_bce") for run in runs if name in run["condition"]), None)
+        if constant is not None:  # every pixel predicted as the mean intensity: what a model must beat
+            axis.axhline(constant, color="grey", linestyle="--", linewidth=1, label="constant (mean intensity)")
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("predicted frame")
         axis.grid(alpha=0.3)
@@ -95,7 +100,8 @@ def plot_error_by_step(runs: Sequence[dict[str, Any]], path: Path, title: str) -
 
 
 def save_gif(path: Path, shown: list[tuple[str, Any, torch.Tensor, torch.Tensor]]) -> Path:
-    """An animated GIF: per condition, the true frames (left) beside the predicted ones (right)."""
+    """An animated GIF: per condition, the true frames (left) beside the predicted ones (right),
+    under a header that labels the two columns."""
     rows = []
     for _, _, true, predicted in shown:
         gap = torch.full((true.shape[0], true.shape[1], 2), 0.5)  # (T, S, 2): a grey separator
@@ -103,11 +109,23 @@ def save_gif(path: Path, shown: list[tuple[str, Any, torch.Tensor, torch.Tensor]
     video = torch.cat([torch.cat([row, torch.full_like(row[:, :2], 0.5)], 1) for row in rows], 1)  # (T, H, W)
     pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels.repeat_interleave(GIF_SCALE, 1).repeat_interleave(GIF_SCALE, 2).numpy()
-    images = [Image.fromarray(frame) for frame in pixels]
+    side = shown[0][2].shape[-1] * GIF_SCALE  # one column's width in the GIF
+    images = [_with_header(Image.fromarray(frame), side) for frame in pixels]
     buffer = io.BytesIO()
     images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_MS_PER_FRAME, loop=0)
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
     return path
+
+
+def _with_header(frame: Image.Image, side: int) -> Image.Image:
+    """``frame`` under a black band that names its columns: true (left), predicted (right)."""
+    header = GIF_HEADER_PIXELS
+    canvas = Image.new("L", (frame.width, frame.height + header), 0)
+    canvas.paste(frame, (0, header))
+    draw = ImageDraw.Draw(canvas)
+    for label, left in (("true", 0), ("predicted", side + 2 * GIF_SCALE)):
+        draw.text((left + 2, 1), label, fill=255)
+    return canvas
 
 
 def plot_video_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any],
