@@ -80,3 +80,22 @@ def test_the_rollout_gif_labels_its_columns(tmp_path):
     band = torch.tensor(list(image.crop((0, 0, image.width, header)).getdata())).view(header, image.width)
     side = 8 * scale
     assert band[:, :side].max() > 200 and band[:, side + 2 * scale :].max() > 200  # "true", "predicted" (GIF palette)
+
+
+def test_the_activity_figure_draws_an_always_active_module_black(tmp_path, monkeypatch):
+    """A layer whose only module is always active was drawn white: imshow scaled the constant."""
+    from brims_experiments.train import plots as figures_module
+    from brims_experiments.train.config import load_config
+    from brims_experiments.train.tasks import make_task
+
+    figures = []
+    monkeypatch.setattr(figures_module, "save_figure", lambda figure, path: figures.append(figure))
+    core = {"kind": "rims", "brims": {"hidden_sizes": [4], "num_modules": [1], "top_k": [1], "input_heads": 1,
+                                      "input_key_size": 2, "comm_heads": 1, "comm_key_size": 2, "comm_value_size": 2}}
+    config = load_config(base={"task": "adding", "data": {"train_length": 5, "test_lengths": [6]},
+                               "model": {"embedding_size": 4, "core": core}})
+    task = make_task(config)
+    figures_module.plot_module_activity(tmp_path, config, task, task.build_model().eval())
+    image = figures[0].axes[2].images[0]
+    assert image.get_array().min() == 1  # the module is active at every step
+    assert (image.norm.vmin, image.norm.vmax) == (0, 1)  # so it is drawn black

@@ -133,7 +133,7 @@ def _plot_noise(axis: Any, runs: Sequence[dict[str, Any]], scale: float) -> None
     axis.legend(fontsize=8)
 
 
-def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
+def _draw_input(axes: Any, config: Any, task: Any, inputs: torch.Tensor, caption: str, prediction: str) -> None:
     """Top row of the activity figure: what the model read."""
     if config.task == "video":  # the frames read, side by side (the later ones are the model's own)
         frames = inputs[0, : config.data.teacher_frames].float().cpu()  # (k, S, S)
@@ -142,8 +142,14 @@ def _draw_input(axes: Any, config: Any, inputs: torch.Tensor, caption: str, pred
         axes[0].axis("off")
         axes[1].axis("off")
         return
-    if config.task == "lm":
-        axes[0].set_title(f"validation text: {caption}", fontsize=9)
+    if config.task == "lm":  # each token read, at its step: the same x axis as the activity below
+        tokens = inputs[0].tolist()
+        vocabulary = task.corpus().vocab
+        axes[0].set_xlim(-0.5, len(tokens) - 0.5)
+        for step, token in enumerate(tokens):
+            text = vocabulary.decode([token]).replace("\n", "⏎") or " "
+            axes[0].text(step, 0.0, text, rotation=90, ha="center", va="bottom", fontsize=6, family="monospace")
+        axes[0].set_title(f"validation text, one token per step: {caption}", fontsize=9)
         axes[0].axis("off")
         axes[1].axis("off")
         return
@@ -179,15 +185,15 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
     else:
         prediction = str(int(output.argmax(-1)[0]))
     layers = len(diagnostics.active)
-    header = {"lm": 0.25, "video": 0.5}.get(config.task, 1.0)  # one line of text, one row of frames
+    header = {"lm": 0.6, "video": 0.5}.get(config.task, 1.0)  # a row of upright tokens, one row of frames
     figure, axes = plt.subplots(layers + 1, 2, figsize=(12, 2.2 * (layers + header)), squeeze=False,
                                 gridspec_kw={"width_ratios": [3, 2], "height_ratios": [header] + [1] * layers})
-    _draw_input(axes[0], config, inputs, caption, prediction)
+    _draw_input(axes[0], config, task, inputs, caption, prediction)
     for layer in range(layers):
         active = diagnostics.active[layer][:, 0].float().cpu()  # (T, n)
         attention = diagnostics.attention[layer][:, 0].float().cpu()  # (T, n, slots)
         row = axes[layer + 1]
-        row[0].imshow(active.T, aspect="auto", cmap="Greys", interpolation="nearest")
+        row[0].imshow(active.T, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")  # always-on: black
         row[0].set_yticks(range(active.shape[1]))
         row[0].set_ylabel(f"layer {layer + 1}\nmodule")
         row[0].set_xlabel("step")
