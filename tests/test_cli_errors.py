@@ -224,3 +224,34 @@ def test_the_bar_counts_the_run_budget_not_the_epoch(tmp_path):
     bars = [part.strip() for part in output.splitlines() if "training (epoch" in part]
     assert bars and all("/3 [" in bar for bar in bars), output[-2000:]
     assert "3/3 [" in bars[-1]
+
+
+@pytest.mark.parametrize("phase", ["training", "testing"])
+def test_ctrl_c_during_a_supervised_run_stops_cleanly_and_says_how_to_resume(tmp_path, phase):
+    """Lightning stops training gracefully on Ctrl-C; the test phase after it is ours to stop."""
+    run = tmp_path / "run"
+    budget = {"epochs": 1000} if phase == "training" else {"epochs": 1}
+    big_test = ["data.test_sequences=200000"] if phase == "testing" else []
+    process = subprocess.Popen(
+        cli_command("train", str(adding_config(tmp_path, **budget)), "--run-dir", str(run), "--no-progress",
+                    "--set", *big_test, "data.eval_batch_size=16"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = run / "train_time.json" if phase == "testing" else run / "checkpoints" / "last.ckpt"
+        deadline = time.monotonic() + 120
+        while not ready.is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if phase == "testing":  # train_time.json ends the training session; then the test starts
+            while '"ended": true' not in ready.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+        assert process.poll() is None, process.stderr.read()
+        os.kill(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode != 0
+    assert "Traceback" not in stderr, stderr
+    assert f"resume with `brims train {run}`" in stderr
+    assert (run / "checkpoints" / "last.ckpt").is_file()
