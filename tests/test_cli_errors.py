@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,20 @@ def adding_config(tmp_path: Path, **train) -> Path:
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*argv), capture_output=True, text=True, timeout=timeout)
+
+
+def interrupt(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> str:
+    """Send Ctrl-C (SIGINT) to ``process`` once ``ready()``; its stderr after it stopped."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read()
+        os.kill(process.pid, signal.SIGINT)
+        return process.communicate(timeout=60)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def assert_one_message(result: subprocess.CompletedProcess, expected: str) -> None:
@@ -159,16 +174,7 @@ def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
         cli_command("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set",
                     "ppo.total_steps=1000000", "env.num_envs=2", "train.threads=1", "train.checkpoint_every=1"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (run / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process.poll() is None, process.stderr.read()
-        os.kill(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    stderr = interrupt(process, (run / "checkpoints" / "last.ckpt").is_file)
     assert process.returncode == 130
     assert "Traceback" not in stderr, stderr
     assert f"{run} keeps its last checkpoint: resume with `brims train {run}`" in stderr
@@ -236,21 +242,14 @@ def test_ctrl_c_during_a_supervised_run_stops_cleanly_and_says_how_to_resume(tmp
         cli_command("train", str(adding_config(tmp_path, **budget)), "--run-dir", str(run), "--no-progress",
                     "--set", *big_test, "data.eval_batch_size=16"),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        ready = run / "train_time.json" if phase == "testing" else run / "checkpoints" / "last.ckpt"
-        deadline = time.monotonic() + 120
-        while not ready.is_file() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if phase == "testing":  # train_time.json ends the training session; then the test starts
-            while '"ended": true' not in ready.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            time.sleep(1.0)
-        assert process.poll() is None, process.stderr.read()
-        os.kill(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    train_time = run / "train_time.json"  # its session entry ends just before the test phase starts
+
+    def ready() -> bool:
+        if phase == "training":
+            return (run / "checkpoints" / "last.ckpt").is_file()
+        return train_time.is_file() and '"ended": true' in train_time.read_text()
+
+    stderr = interrupt(process, ready)
     assert process.returncode != 0
     assert "Traceback" not in stderr, stderr
     assert f"resume with `brims train {run}`" in stderr
