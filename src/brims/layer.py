@@ -108,8 +108,8 @@ class BRIMsLayer(nn.Module):
         """One step from the state ``h, c (B, n*m)``, the layer below's ``h^{l-1}_t (B, F)`` and the
         layer above's ``h^{l+1}_{t-1} (B, F')`` (None when the layer reads no top-down)."""
         batch = h.shape[0]
-        h = h.view(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)
-        c = c.view(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)
+        h = h.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m); a view when contiguous
+        c = c.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)
 
         # 1-2. Input attention over the slots [null, bottom-up, top-down].
         attended, attention = self.input_attention(h, bottom_up, top_down)  # (n, B, A), (n, B, 1 + S)
