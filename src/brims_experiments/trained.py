@@ -33,7 +33,7 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun
     for a config this version cannot read, as the command line does.
     """
     path = Path(path)
-    if task_of(path if path.is_dir() else path.parent.parent) == "rl":
+    if task_of(path) == "rl":
         from brims_experiments.rl.run import load_agent
 
         config, agent, checkpoint = load_agent(path, torch.device(device))

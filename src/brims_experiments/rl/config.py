@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.runs import (
-    ConfigError,
     build_config,
     check_logger,
     config_layers,
     int_at_least,
     load_yaml,
     merge,
+    parse_device,
     plain,
     positive_int,
     register_sections,
@@ -145,11 +144,7 @@ class RLTrainConfig:
     def __post_init__(self) -> None:
         int_at_least("train.seed", self.seed, 0)
         int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
-        try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"train.device must be cpu or cuda[:index], got {self.device!r}") from None
-        require(device.type in ("cpu", "cuda"), f"train.device must be cpu or cuda[:index], got {self.device!r}")
+        parse_device(self.device, "train.device")
         positive_int("train.checkpoint_every", self.checkpoint_every)
         positive_int("train.eval_episodes", self.eval_episodes)
         check_logger(self.logger)
@@ -195,8 +190,11 @@ register_sections({
 
 
 def task_of(path: str | Path) -> str | None:
-    """The ``task`` a YAML config (or a run folder's ``config.yaml``) names, without validating it."""
+    """The ``task`` a YAML config names, without validating it: a run folder's ``config.yaml``, and
+    for a ``.ckpt`` file that of the run folder whose ``checkpoints/`` holds it."""
     path = Path(path)
+    if path.suffix == ".ckpt":
+        path = path.parent.parent
     if path.is_dir():
         path = path / "config.yaml"
     if not path.is_file():

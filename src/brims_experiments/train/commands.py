@@ -111,7 +111,7 @@ def add_commands(commands: Any) -> None:
     train.add_argument("--run-dir", help="run folder (default runs/<config name>-<model kind>)")
     train.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                        help="override config fields, e.g. model.core.kind=lstm train.epochs=2; on a run folder "
-                       "only train.threads, accelerator, devices, device and a larger budget (train.epochs, "
+                       "only train.threads, accelerator, devices, device, logger and a larger budget (train.epochs, "
                        "train.max_steps, ppo.total_steps)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
     train.set_defaults(handler=run_train, command_parser=train)
@@ -189,10 +189,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     else:
         path = resolve_config(args.config)
     if path is None and args.set:  # a resume may change what does not change the run, and extend it
-        from brims_experiments.rl.config import load_rl_config
-
-        load = load_rl_config if task_of(source) == "rl" else load_config
-        for line in amend_run_config(source, args.set, load):
+        for line in amend_run_config(source, args.set, load_any_config):
             print(f"changed for this resume: {line}")
     torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
     keep_compiled_code()
@@ -219,7 +216,7 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from brims_experiments.train.run import test
 
     path = Path(args.path)
-    if task_of(path if path.is_dir() else path.parent.parent) == "rl":
+    if task_of(path) == "rl":
         from brims_experiments.rl.commands import run_test as run_rl_test
 
         return run_rl_test(args, parser)
