@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton backend's kernels run in Triton's interpreter, which must be chosen
+# before triton is imported (brims imports it only when that backend first runs).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from support import ALL_COMBOS, MULTI_LAYER_COMBOS, make_config
 
 from brims import BRIMsConfig

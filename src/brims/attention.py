@@ -21,6 +21,15 @@ from torch import Tensor, nn
 from brims.grouped import GroupedLinear
 
 
+def dropout_keep(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """An inverted-dropout keep mask of ``shape``: ``1/(1-p)`` with probability ``1-p``, else 0.
+
+    Both backends draw their masks with this call, in the same order, so under one seed they
+    drop the same attention entries.
+    """
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p).div_(1.0 - p)
+
+
 class InputAttention(nn.Module):
     """Each module attends over the slots ``[null, bottom-up, top-down]`` of its layer.
 
@@ -61,17 +70,23 @@ class InputAttention(nn.Module):
         n, batch, _ = h.shape
         heads, key_size = self.heads, self.key_size
         queries = self.query(h).view(n, batch, heads, 1, key_size)  # (n, B, H, 1, D)
-        slots = [self.bottom_up(bottom_up)]  # (B, H*D + A) each
-        if self.top_down is not None:
-            slots.append(self.top_down(top_down))
-        slots = torch.stack(slots, dim=1)  # (B, S, H*D + A)
+        slots = self.slots(bottom_up, top_down)  # (B, S, H*D + A)
         keys = slots[..., : heads * key_size].view(batch, -1, heads, key_size).transpose(1, 2)  # (B, H, S, D)
         values = slots[..., heads * key_size :].view(batch, -1, heads, self.attended_size // heads).transpose(1, 2)
         logits = (queries * keys).sum(dim=-1) / math.sqrt(key_size)  # (n, B, H, S)
         probs = F.pad(logits, (1, 0)).softmax(dim=-1)  # (n, B, H, 1 + S); the null logit is 0
-        weights = F.dropout(probs[..., 1:], self.dropout, self.training)  # the null value is zero: it adds nothing
+        weights = probs[..., 1:]  # (n, B, H, S); the null value is zero: it adds nothing
+        if self.training and self.dropout > 0:
+            weights = weights * dropout_keep(weights.shape, self.dropout, weights)
         attended = (weights.unsqueeze(-1) * values).sum(dim=3)  # (n, B, H, V)  (values: (B, H, S, V))
         return attended.reshape(n, batch, -1), probs.mean(dim=2)
+
+    def slots(self, bottom_up: Tensor, top_down: Tensor | None) -> Tensor:
+        """Keys and values of the non-null slots, one matmul per slot: ``(B, S, H*D + A)``."""
+        slots = [self.bottom_up(bottom_up)]  # (B, H*D + A) each
+        if self.top_down is not None:
+            slots.append(self.top_down(top_down))
+        return torch.stack(slots, dim=1)
 
 
 class Communication(nn.Module):
@@ -102,7 +117,9 @@ class Communication(nn.Module):
         qkv = self.qkv(h).view(n, batch, self.heads, -1)  # (n, B, H, 2D + V)
         queries, keys, values = qkv.split([self.key_size, self.key_size, self.value_size], dim=-1)
         logits = (queries.unsqueeze(1) * keys).sum(dim=-1) / math.sqrt(self.key_size)  # (n_i, n_j, B, H)
-        probs = F.dropout(logits.softmax(dim=1), self.dropout, self.training)  # over the modules read, j
+        probs = logits.softmax(dim=1)  # over the modules read, j
+        if self.training and self.dropout > 0:
+            probs = probs * dropout_keep(probs.shape, self.dropout, probs)
         read = (probs.unsqueeze(-1) * values).sum(dim=1)  # (n_i, B, H, V)
         update, gate = self.out(read.reshape(n, batch, -1)).chunk(2, dim=-1)  # (n, B, m) each
         return gate.sigmoid() * update.tanh()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CELL_TYPES = ("lstm", "gru")
+BACKENDS = ("torch", "triton")
 
 
 def _as_tuple(name: str, value: int | Sequence[int]) -> tuple[int, ...]:
@@ -57,6 +58,10 @@ class BRIMsConfig:
         comm_value_size: value size per communication head.
         attention_dropout: dropout on the attention probabilities (input and communication).
         batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
+        backend: how a layer step runs: ``"torch"`` (plain PyTorch that autograd differentiates;
+            the reference, and the CPU path) or ``"triton"`` (one fused Triton kernel per layer
+            step forward and one backward, for CUDA GPUs; needs ``pip install 'brims[triton]'``;
+            tested equal to ``"torch"``; see :mod:`brims.backends.fused`).
     """
 
     input_size: int
@@ -74,6 +79,7 @@ class BRIMsConfig:
     comm_value_size: int = 32
     attention_dropout: float = 0.1
     batch_first: bool = False
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         # Normalise ints and lists to tuples so configs round-trip through YAML/JSON.
@@ -112,6 +118,8 @@ class BRIMsConfig:
                 )
         if self.cell not in CELL_TYPES:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         dropout = self.attention_dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")

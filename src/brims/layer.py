@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from brims.attention import Communication, InputAttention
+from brims.backends.fused import fused_layer_step
 from brims.config import BRIMsConfig
 from brims.grouped import make_cell
 
@@ -74,6 +75,7 @@ class BRIMsLayer(nn.Module):
         self.num_modules = config.num_modules[index]
         self.top_k = config.top_k[index]
         self.is_gru = config.cell == "gru"
+        self.fused = config.backend == "triton"
         module_size = config.module_size(index)
         attended_size = config.input_value_factor * module_size
         bottom_up_size = config.input_size if index == 0 else config.hidden_sizes[index - 1]
@@ -107,6 +109,8 @@ class BRIMsLayer(nn.Module):
     def forward(self, h: Tensor, c: Tensor, bottom_up: Tensor, top_down: Tensor | None) -> LayerStep:
         """One step from the state ``h, c (B, n*m)``, the layer below's ``h^{l-1}_t (B, F)`` and the
         layer above's ``h^{l+1}_{t-1} (B, F')`` (None when the layer reads no top-down)."""
+        if self.fused:  # the same step in two Triton kernels (brims.backends.fused)
+            return LayerStep(*fused_layer_step(self, h, c, bottom_up, top_down))
         batch = h.shape[0]
         h = h.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m); a view when contiguous
         c = c.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)

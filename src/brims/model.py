@@ -53,8 +53,11 @@ class BRIMs(nn.Module):
 
         The opt-in compiled backend, :class:`brims.backends.compiled.CompiledLoop` (see there for
         the defaults per device); ``compile_options`` go to ``torch.compile``. It computes the same
-        steps as the eager loop (tested).
+        steps as the eager loop (tested). It compiles the torch backend: with ``backend="triton"``
+        the steps are fused kernels already, and it refuses.
         """
+        if self.config.backend != "torch":
+            raise ValueError(f"compile_step() compiles the torch backend; backend={self.config.backend!r} is fused already")
         self.compiled = CompiledLoop(self.cell, steps_per_call, compile_options)
         return self
 

@@ -12,6 +12,8 @@ Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across call
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +53,11 @@ class CoreConfig:
             raise ValueError(f"model.core.compile must be true or false, got {self.compile!r}")
         if not isinstance(self.brims, dict):
             raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")
+        if self.compile and self.brims.get("backend") == "triton" and self.kind != "lstm":
+            raise ValueError(
+                "model.core.compile=true compiles the torch backend, but model.core.brims.backend=triton "
+                "is fused already: set model.core.compile=false"
+            )
         for name in self.brims:
             if name in SET_BY_THE_TASK:
                 raise ValueError(f"model.core.brims.{name} is set by the task, not by the config")
@@ -74,6 +81,18 @@ class CoreConfig:
                 f"model.core.kind=rims is one layer, but model.core.brims.hidden_sizes has {config.num_layers} "
                 f"({list(config.hidden_sizes)}): give hidden_sizes, num_modules and top_k one entry each, "
                 "e.g. model.core.brims.hidden_sizes=[600] model.core.brims.num_modules=[6] model.core.brims.top_k=[4]"
+            )
+
+    def check_device(self, device_type: str, setting: str) -> None:
+        """Refuse, before a run starts, a backend that ``device_type`` cannot run (``setting`` names the fix)."""
+        if self.kind == "lstm" or self.option("backend") != "triton":
+            return
+        if importlib.util.find_spec("triton") is None:
+            raise ValueError("model.core.brims.backend=triton needs the triton package: pip install 'brims[triton]'")
+        if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"model.core.brims.backend=triton runs its kernels on a CUDA GPU: set {setting}, or use "
+                "model.core.brims.backend=torch on a CPU"
             )
 
     @classmethod

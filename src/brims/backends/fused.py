@@ -1,0 +1,227 @@
+"""The Triton backend: each layer step is one fused kernel forward and one backward (``BRIMsConfig(backend="triton")``).
+
+Opt-in, for GPUs, where the torch backend's step is a few hundred tiny kernels per time step and
+launch latency sets its speed. :func:`fused_layer_step` computes what
+:meth:`brims.layer.BRIMsLayer.forward` computes (tested equal, outputs and every gradient, over the
+model's switches): the slot projections stay ``nn.Linear`` calls that autograd differentiates; the
+rest of the step (input attention, competition, the cells, communication, write-back) is
+:func:`brims.backends.triton_kernels.layer_step_forward`, and its gradient
+``layer_step_backward`` plus one batched matmul per weight.
+
+Dropout keep masks are drawn with :func:`brims.attention.dropout_keep` before the kernel, in the
+torch backend's order, so both backends drop the same entries under the same seed.
+
+On a CPU the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
+imported): slow, and there for the tests. Note (departure from the torch backend): the returned
+attention diagnostics carry no gradient.
+
+Dimension legend: B = batch, N = modules, M = units per module, S = non-null slots,
+H / D / V and H2 / D2 / V2 = heads / key / value sizes of the input attention and of communication.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from brims.attention import dropout_keep
+
+BLOCK_B = 16  # batch rows per program; tl.dot needs at least 16
+
+
+def _kernels() -> Any:
+    try:
+        from brims.backends import triton_kernels
+    except ImportError as error:  # the optional dependency
+        raise ImportError("backend='triton' needs the triton package: pip install 'brims[triton]'") from error
+    return triton_kernels
+
+
+def _padded(size: int) -> int:
+    """The power of two at least ``size`` and at least 16 (``tl.dot``'s smallest side)."""
+    return max(16, 1 << (size - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class StepSizes:
+    """The constants a layer's kernels are specialised on."""
+
+    N: int
+    TOP_K: int
+    M: int
+    H: int
+    D: int
+    V: int
+    S: int
+    H2: int
+    D2: int
+    V2: int
+    IS_GRU: bool
+    HAS_COMM: bool
+
+    @classmethod
+    def of(cls, layer: Any) -> StepSizes:
+        attention, communication = layer.input_attention, layer.communication
+        return cls(
+            N=layer.num_modules,
+            TOP_K=layer.top_k,
+            M=layer.cell.weight_hh.shape[1],
+            H=attention.heads,
+            D=attention.key_size,
+            V=attention.attended_size // attention.heads,
+            S=2 if attention.top_down is not None else 1,
+            H2=communication.heads if communication is not None else 1,
+            D2=communication.key_size if communication is not None else 1,
+            V2=communication.value_size if communication is not None else 1,
+            IS_GRU=layer.is_gru,
+            HAS_COMM=communication is not None,
+        )
+
+    def constants(self, drop_in: bool, drop_comm: bool) -> dict[str, Any]:
+        return dict(
+            **{name: getattr(self, name) for name in ("N", "TOP_K", "M", "H", "D", "V", "S", "H2", "D2", "V2")},
+            M_P=_padded(self.M), D_P=_padded(self.D), V_P=_padded(self.V), D2_P=_padded(self.D2), V2_P=_padded(self.V2),
+            IS_GRU=self.IS_GRU, HAS_COMM=self.HAS_COMM, DROP_IN=drop_in, DROP_COMM=drop_comm,
+            BLOCK_B=BLOCK_B, PRECISION="ieee",
+        )
+
+    @property
+    def gates(self) -> int:
+        return (3 if self.IS_GRU else 4) * self.M
+
+    @property
+    def qkv(self) -> int:
+        return self.H2 * (2 * self.D2 + self.V2)
+
+
+def _check_device(x: Tensor) -> None:
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"backend='triton' got tensors on {x.device.type}: its kernels need a CUDA GPU, or Triton's interpreter "
+            "(set TRITON_INTERPRET=1 before Python imports triton; slow, for tests)"
+        )
+
+
+def _grid(batch: int) -> tuple[int]:
+    return ((batch + BLOCK_B - 1) // BLOCK_B,)
+
+
+class FusedLayerStep(torch.autograd.Function):
+    """``(h, c, slots, keep masks, weights) -> (h', c', active, attention)`` for one layer step."""
+
+    @staticmethod
+    def forward(ctx, sizes: StepSizes, h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout):
+        kernels = _kernels()
+        _check_device(h)
+        batch, n, m = h.shape[0], sizes.N, sizes.M
+        new = h.new_empty
+        h_out = new(batch, n * m)
+        c_out = new(batch, n * m) if not sizes.IS_GRU else new(0)
+        active = torch.empty(batch, n, dtype=torch.int8, device=h.device)
+        attention = new(batch, n, 1 + sizes.S)
+        query = new(n, batch, sizes.H * sizes.D)
+        attended = new(n, batch, sizes.H * sizes.V)
+        gates = new(n, batch, sizes.gates)
+        hidden_gates = new(n, batch, sizes.gates) if sizes.IS_GRU else gates
+        h_proposed = new(n, batch, m)
+        null = new(n, batch)
+        qkv = new(n, batch, sizes.qkv) if sizes.HAS_COMM else null
+        lse = new(n, batch, sizes.H2) if sizes.HAS_COMM else null
+        read = new(n, batch, sizes.H2 * sizes.V2) if sizes.HAS_COMM else null
+        absent = h  # a pointer for arguments the specialised kernel never reads
+        weights = [w if w is not None else absent for w in (wq, wih, whh, bias, bias_hn, wqkv, wout, bout)]
+        kernels.layer_step_forward[_grid(batch)](
+            h, c if not sizes.IS_GRU else absent, slots, *weights,
+            keep_in if keep_in is not None else absent, keep_comm if keep_comm is not None else absent,
+            h_out, c_out if not sizes.IS_GRU else absent, active, attention,
+            query, attended, gates, hidden_gates, h_proposed, null, qkv, lse, read,
+            batch, **sizes.constants(keep_in is not None, keep_comm is not None),
+        )
+        ctx.sizes = sizes
+        ctx.save_for_backward(h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout,
+                              active, query, attended, gates, hidden_gates, h_proposed, qkv, lse, read)
+        ctx.mark_non_differentiable(active, attention)
+        return h_out, c_out, active, attention
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_c, _grad_active, _grad_attention):
+        kernels = _kernels()
+        sizes: StepSizes = ctx.sizes
+        (h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout,
+         active, query, attended, gates, hidden_gates, h_proposed, qkv, lse, read) = ctx.saved_tensors
+        batch, n, m = h.shape[0], sizes.N, sizes.M
+        new = h.new_empty
+        grad_h = grad_h.contiguous()
+        grad_c = grad_c.contiguous() if not sizes.IS_GRU else grad_h
+        dh = new(batch, n * m)
+        dc = new(batch, n * m) if not sizes.IS_GRU else dh
+        dslots = torch.empty_like(slots)
+        dquery = torch.empty_like(query)
+        dgates = torch.empty_like(gates)
+        dhidden_gates = torch.empty_like(gates) if sizes.IS_GRU else dgates
+        dqkv = torch.empty_like(qkv)
+        dout = new(n, batch, 2 * m) if sizes.HAS_COMM else dh
+        dread = torch.empty_like(read)
+        delta = torch.empty_like(lse)
+        dattended = torch.empty_like(attended)
+        dlogit = new(n, batch, sizes.H, sizes.S)
+        kept = torch.empty_like(dlogit)
+        absent = h
+        weights = [w if w is not None else absent for w in (wq, wih, whh, bias, bias_hn, wqkv, wout, bout)]
+        kernels.layer_step_backward[_grid(batch)](
+            h, c if not sizes.IS_GRU else absent, slots, *weights,
+            keep_in if keep_in is not None else absent, keep_comm if keep_comm is not None else absent,
+            active, query, attended, gates, hidden_gates, qkv, lse, read,
+            grad_h, grad_c, dh, dc, dslots, dquery, dgates, dhidden_gates, dqkv, dout,
+            dread, delta, dattended, dlogit, kept,
+            batch, **sizes.constants(keep_in is not None, keep_comm is not None),
+        )
+        # Weight gradients: one batched matmul each over the batch, module by module (N, in, out).
+        h_modules = h.view(batch, n, m).transpose(0, 1)  # (N, B, M)
+        d_wq = h_modules.transpose(1, 2) @ dquery
+        d_wih = attended.transpose(1, 2) @ dgates
+        d_whh = h_modules.transpose(1, 2) @ dhidden_gates
+        d_bias = dgates.sum(dim=1)
+        d_bias_hn = dhidden_gates[..., 2 * m :].sum(dim=1) if sizes.IS_GRU else None
+        d_wqkv = d_wout = d_bout = None
+        if sizes.HAS_COMM:
+            h_read = torch.where(active.t().unsqueeze(-1).bool(), h_proposed, h_modules)  # what communication read
+            d_wqkv = h_read.transpose(1, 2) @ dqkv
+            d_wout = read.transpose(1, 2) @ dout
+            d_bout = dout.sum(dim=1)
+        return (None, dh, None if sizes.IS_GRU else dc, dslots, None, None,
+                d_wq, d_wih, d_whh, d_bias, d_bias_hn, d_wqkv, d_wout, d_bout)
+
+
+def fused_layer_step(layer: Any, h: Tensor, c: Tensor, bottom_up: Tensor, top_down: Tensor | None):
+    """One step of ``layer`` (a :class:`brims.layer.BRIMsLayer`) through the fused kernels.
+
+    ``h, c (B, N*M)``, ``bottom_up (B, F)``, ``top_down (B, F')`` or None. Returns ``h', c'`` (GRU:
+    ``c' = h'``), the active modules ``(B, N)`` bool and the head-averaged input attention
+    ``(B, N, 1 + S)``, as the torch backend does.
+    """
+    sizes = StepSizes.of(layer)
+    h = h.contiguous()
+    slots = layer.input_attention.slots(bottom_up, top_down).to(h.dtype).contiguous()  # (B, S, H*D + H*V)
+    batch = h.shape[0]
+    dropout = layer.input_attention.dropout
+    drop = layer.training and dropout > 0
+    keep_in = dropout_keep((sizes.N, batch, sizes.H, sizes.S), dropout, slots) if drop else None
+    keep_comm = dropout_keep((sizes.N, sizes.N, batch, sizes.H2), dropout, slots) if drop and sizes.HAS_COMM else None
+    cell, communication = layer.cell, layer.communication
+    if sizes.IS_GRU:
+        gate_weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hn)
+    else:
+        gate_weights = (cell.weight_ih, cell.weight_hh, cell.bias, None)
+    comm_weights = (None, None, None)
+    if communication is not None:
+        comm_weights = (communication.qkv.weight, communication.out.weight, communication.out.bias)
+    h_new, c_new, active, attention = FusedLayerStep.apply(
+        sizes, h, c.contiguous() if not sizes.IS_GRU else None, slots, keep_in, keep_comm,
+        layer.input_attention.query.weight, *gate_weights, *comm_weights,
+    )
+    return h_new, h_new if sizes.IS_GRU else c_new, active.bool(), attention

@@ -1,0 +1,129 @@
+"""The Triton backend (``BRIMsConfig(backend="triton")``) computes what the torch backend computes.
+
+Outputs, final state, module choices, attention, and the gradient of every parameter, of the input
+and of the initial state, over the model's switches, in float64, in training mode with dropout
+(both backends draw the same keep masks under one seed) and in eval mode. Without a GPU the
+kernels run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``): slow, so the
+sequences are short.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from support import ALL_COMBOS, CELLS, build, make_config, random_input, random_state
+
+from brims import BRIMs, BRIMsConfig, BRIMsState
+
+TOL = dict(rtol=0, atol=1e-12)
+STEPS, BATCH = 2, 3
+
+
+def twins(config: BRIMsConfig, train: bool, dtype: torch.dtype = torch.float64) -> tuple[BRIMs, BRIMs]:
+    """The torch-backend model and a Triton-backend model with the same weights."""
+    reference = build(config, train=train, dtype=dtype)
+    fused = build(dataclasses.replace(config, backend="triton"), train=train, dtype=dtype)
+    fused.load_state_dict(reference.state_dict())
+    return reference, fused
+
+
+def run(model: BRIMs, x: torch.Tensor, state: BRIMsState | None) -> dict[str, torch.Tensor]:
+    """One forward and backward from fresh leaves; everything the comparison reads, by name."""
+    torch.manual_seed(5)  # the dropout masks
+    x = x.detach().clone().requires_grad_()
+    leaves = {"x": x}
+    if state is not None:
+        h = tuple(t.detach().clone().requires_grad_() for t in state.h)
+        c = h if model.config.cell == "gru" else tuple(t.detach().clone().requires_grad_() for t in state.c)
+        leaves.update({f"h0[{i}]": t for i, t in enumerate(h)}, **{f"c0[{i}]": t for i, t in enumerate(c)})
+        state = BRIMsState(h, c)
+    output, final, diagnostics = model(x, state, return_diagnostics=True)
+    # Every output and both parts of the final state weigh differently in the loss.
+    weights = torch.linspace(-1, 1, output.numel(), dtype=output.dtype).view_as(output)
+    loss = (output * weights).sum() + sum((0.3 * t).sum() for t in final.h) + sum(t.square().sum() for t in final.c)
+    loss.backward()
+    got = {"output": output}
+    got.update({f"h[{i}]": t for i, t in enumerate(final.h)}, **{f"c[{i}]": t for i, t in enumerate(final.c)})
+    got.update({f"active[{i}]": t for i, t in enumerate(diagnostics.active)})
+    got.update({f"attention[{i}]": t for i, t in enumerate(diagnostics.attention)})
+    got.update({f"grad {name}": leaf.grad for name, leaf in leaves.items()})
+    got.update({f"grad {name}": p.grad for name, p in model.named_parameters()})
+    return got
+
+
+def assert_same(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], tol=TOL) -> None:
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert value is not None and got[name] is not None, name
+        if value.dtype == torch.bool:
+            assert torch.equal(got[name], value), name
+        else:
+            torch.testing.assert_close(got[name], value, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("combo", ALL_COMBOS)
+def test_triton_matches_torch_in_training(combo):
+    config = make_config(*combo)
+    reference, fused = twins(config, train=True)
+    x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
+    expected, got = run(reference, x, state), run(fused, x, state)
+    assert_same(expected, got)
+    # Dropout did drop something: the same model in eval mode gives other outputs.
+    assert not torch.allclose(run(reference.eval(), x, state)["output"], expected["output"])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("communication", [True, False])
+def test_triton_matches_torch_in_eval(cell, communication):
+    config = make_config(cell, 2, top_down=True, communication=communication)
+    reference, fused = twins(config, train=False)
+    x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
+    assert_same(run(reference, x, state), run(fused, x, state))
+
+
+def test_triton_batch_spanning_programs_matches_torch():
+    """20 rows: two programs of 16 rows, the second one partly masked."""
+    config = make_config("lstm", 2, top_down=True, communication=True)
+    reference, fused = twins(config, train=True)
+    x, state = random_input(config, STEPS, 20), random_state(reference, 20)
+    assert_same(run(reference, x, state), run(fused, x, state))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_triton_from_a_zero_state_breaks_ties_like_torch(cell):
+    """A zero state gives every module the same null score at the first step: ties go to the lower index."""
+    config = make_config(cell, 2, top_down=True, communication=True)
+    reference, fused = twins(config, train=False)
+    x = random_input(config, STEPS, BATCH)
+    expected, got = run(reference, x, None), run(fused, x, None)
+    assert expected["active[0]"][0].sum(-1).eq(config.top_k[0]).all()
+    assert_same(expected, got)
+
+
+def test_triton_float32_matches_within_float32_tolerance():
+    config = make_config("lstm", 2, top_down=True, communication=True)
+    reference, fused = twins(config, train=True, dtype=torch.float32)
+    x = random_input(config, STEPS, BATCH, dtype=torch.float32)
+    assert_same(run(reference, x, random_state(reference, BATCH)), run(fused, x, random_state(fused, BATCH)),
+                tol=dict(rtol=1e-5, atol=1e-6))
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    config = make_config("lstm", 1)
+    _, fused = twins(config, train=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="need a CUDA GPU, or Triton's interpreter"):
+        fused(random_input(config, 1, 2))
+
+
+def test_compile_step_refuses_the_triton_backend():
+    model = BRIMs(make_config("lstm", 1, backend="triton"))
+    with pytest.raises(ValueError, match="compile_step\\(\\) compiles the torch backend"):
+        model.compile_step()
+
+
+def test_backend_is_validated():
+    with pytest.raises(ValueError, match="backend must be one of \\('torch', 'triton'\\), got 'cuda'"):
+        make_config("lstm", 1, backend="cuda")
