@@ -4,7 +4,8 @@ The math is :meth:`brims.layer.BRIMsLayer.forward`'s (docs/design.md, section 1)
 schedules it. Each program owns ``BLOCK_B`` batch rows and every module of the layer, so the
 competition (a module's rank among the modules of its row) and the communication (every module
 of a row reads every other) need no synchronisation across programs. Within a program the passes
-over modules meet in global scratch buffers, separated by ``tl.debug_barrier()``.
+over modules meet in global scratch buffers, separated by ``tl.debug_barrier()``. The loops over
+modules and heads are ``tl.range`` loops, not unrolled, so that a kernel compiles in seconds.
 
 Dimension legend: B = batch, N = modules, M = units per module, H / D / V = input-attention
 heads / key size / value size per head, S = non-null slots (1 or 2), H2 / D2 / V2 = the same for
@@ -158,7 +159,7 @@ def layer_step_forward(
     A: tl.constexpr = H * V
 
     # Pass 1, per module: input attention (steps 1-2), then the module's cell (step 4).
-    for k in tl.static_range(N):
+    for k in tl.range(N):
         h = _tile(h_ptr + k * M, rows, STATE, units, row_ok, unit_ok)  # (BLOCK_B, M_P)
         gate0 = tl.zeros((BLOCK_B, M_P), dtype=h.dtype)
         gate1 = tl.zeros((BLOCK_B, M_P), dtype=h.dtype)
@@ -168,7 +169,7 @@ def layer_step_forward(
         seen0 = tl.zeros((BLOCK_B,), dtype=h.dtype)
         seen1 = tl.zeros((BLOCK_B,), dtype=h.dtype)
         wih = wih_ptr + k * A * G
-        for head in tl.static_range(H):
+        for head in tl.range(H):
             query = _matmul(h, wq_ptr + k * M * H * D, H * D, units, unit_ok, head * D, keys, key_ok, PRECISION)
             _put(query_ptr + k * B * H * D + head * D, rows, H * D, keys, row_ok, key_ok, query)  # (BLOCK_B, D_P)
             p_null, p0, p1, _, _ = _slot_attention(query, slots_ptr, rows, row_ok, head, keys, key_ok, H, D, V, S)
@@ -237,26 +238,22 @@ def layer_step_forward(
     key2_ok = keys2 < D2
     vals2 = tl.arange(0, V2_P)
     val2_ok = vals2 < V2
-    for k in tl.static_range(N):
+    for k in tl.range(N):
         if TOP_K == N:
             active = row_ok
         else:
             score = _rows(null_ptr + k * B, rows, 1, row_ok)
             beaten = tl.zeros((BLOCK_B,), dtype=tl.int32)
-            for j in tl.static_range(N):
-                if j != k:
-                    other = _rows(null_ptr + j * B, rows, 1, row_ok)
-                    if j < k:
-                        beaten += (other <= score).to(tl.int32)
-                    else:
-                        beaten += (other < score).to(tl.int32)
+            for j in tl.range(N):  # j beats k with a lower score, or an equal one and a lower index
+                other = _rows(null_ptr + j * B, rows, 1, row_ok)
+                beaten += ((other < score) | ((other == score) & (j < k))).to(tl.int32)
             active = beaten < TOP_K
         _put_rows(active_ptr + k, rows, N, row_ok, active.to(tl.int8))
         h = _tile(h_ptr + k * M, rows, STATE, units, row_ok, unit_ok)
         h_prop = _tile(h_prop_ptr + k * B * M, rows, M, units, row_ok, unit_ok)
         if HAS_COMM:
             h_read = tl.where(active[:, None], h_prop, h)
-            for head in tl.static_range(H2):
+            for head in tl.range(H2):
                 base = qkv_ptr + k * B * QKV + head * HEAD
                 wqkv = wqkv_ptr + k * M * QKV
                 q = _matmul(h_read, wqkv, QKV, units, unit_ok, head * HEAD, keys2, key2_ok, PRECISION)
@@ -276,18 +273,18 @@ def layer_step_forward(
 
     # Pass 3, per module (with communication): read every module (step 5), then write back (step 6).
     if HAS_COMM:
-        for i in tl.static_range(N):
+        for i in tl.range(N):
             h = _tile(h_ptr + i * M, rows, STATE, units, row_ok, unit_ok)
             u = tl.zeros_like(h) + _vector(bout_ptr + i * 2 * M, units, unit_ok)
             g = tl.zeros_like(h) + _vector(bout_ptr + i * 2 * M + M, units, unit_ok)
             wout = wout_ptr + i * H2 * V2 * 2 * M
-            for head in tl.static_range(H2):
+            for head in tl.range(H2):
                 top = _comm_logit(qkv_ptr, i, 0, head, rows, row_ok, keys2, key2_ok, B, D2, QKV, HEAD)
-                for j in tl.static_range(1, N):
+                for j in tl.range(1, N):
                     top = tl.maximum(top, _comm_logit(qkv_ptr, i, j, head, rows, row_ok, keys2, key2_ok, B, D2, QKV, HEAD))
                 total = tl.zeros_like(top)
                 read = tl.zeros((BLOCK_B, V2_P), dtype=h.dtype)
-                for j in tl.static_range(N):
+                for j in tl.range(N):
                     e = tl.exp(_comm_logit(qkv_ptr, i, j, head, rows, row_ok, keys2, key2_ok, B, D2, QKV, HEAD) - top)
                     total += e
                     value = _tile(qkv_ptr + j * B * QKV + head * HEAD + 2 * D2, rows, QKV, vals2, row_ok, val2_ok)
@@ -347,13 +344,13 @@ def layer_step_backward(
 
     if HAS_COMM:
         # Pass 1, per module: back through the gated update σ(g) tanh(u) and the output map to the read.
-        for i in tl.static_range(N):
+        for i in tl.range(N):
             active = _rows(active_ptr + i, rows, N, row_ok) != 0
             d_update = tl.where(active[:, None], _tile(dh_out_ptr + i * M, rows, STATE, units, row_ok, unit_ok), 0.0)
             u = tl.zeros((BLOCK_B, M_P), dtype=d_update.dtype) + _vector(bout_ptr + i * 2 * M, units, unit_ok)
             g = tl.zeros((BLOCK_B, M_P), dtype=d_update.dtype) + _vector(bout_ptr + i * 2 * M + M, units, unit_ok)
             wout = wout_ptr + i * H2 * V2 * 2 * M
-            for head in tl.static_range(H2):
+            for head in tl.range(H2):
                 read = _tile(read_ptr + i * B * H2 * V2 + head * V2, rows, H2 * V2, vals2, row_ok, val2_ok)
                 u += _matmul(read, wout, 2 * M, head * V2 + vals2, val2_ok, 0, units, unit_ok, PRECISION)
                 g += _matmul(read, wout, 2 * M, head * V2 + vals2, val2_ok, M, units, unit_ok, PRECISION)
@@ -363,7 +360,7 @@ def layer_step_backward(
             d_g = d_update * tanh_u * sigma_g * (1.0 - sigma_g)
             _put(dout_ptr + i * B * 2 * M, rows, 2 * M, units, row_ok, unit_ok, d_u)
             _put(dout_ptr + i * B * 2 * M + M, rows, 2 * M, units, row_ok, unit_ok, d_g)
-            for head in tl.static_range(H2):
+            for head in tl.range(H2):
                 vrows = head * V2 + vals2
                 d_read = _matmul_t(d_u, wout, 2 * M, vrows, val2_ok, 0, units, unit_ok, PRECISION)
                 d_read += _matmul_t(d_g, wout, 2 * M, vrows, val2_ok, M, units, unit_ok, PRECISION)
@@ -375,13 +372,13 @@ def layer_step_backward(
 
         # Pass 2: the attention among modules. Queries of module i (loop over the modules it reads),
         # then keys and values of module j (loop over its readers); probabilities are recomputed.
-        for i in tl.static_range(N):
-            for head in tl.static_range(H2):
+        for i in tl.range(N):
+            for head in tl.range(H2):
                 d_read = _tile(dread_ptr + i * B * H2 * V2 + head * V2, rows, H2 * V2, vals2, row_ok, val2_ok)
                 delta = _rows(delta_ptr + i * B * H2 + head, rows, H2, row_ok)
                 lse = _rows(lse_ptr + i * B * H2 + head, rows, H2, row_ok)
                 d_query = tl.zeros((BLOCK_B, D2_P), dtype=d_read.dtype)
-                for j in tl.static_range(N):
+                for j in tl.range(N):
                     p = tl.exp(_comm_logit(qkv_ptr, i, j, head, rows, row_ok, keys2, key2_ok, B, D2, QKV, HEAD) - lse)
                     keep = _comm_keep(keep_comm_ptr, i, j, head, rows, row_ok, B, N, H2, DROP_COMM)
                     value = _tile(qkv_ptr + j * B * QKV + head * HEAD + 2 * D2, rows, QKV, vals2, row_ok, val2_ok)
@@ -389,12 +386,12 @@ def layer_step_backward(
                     key = _tile(qkv_ptr + j * B * QKV + head * HEAD + D2, rows, QKV, keys2, row_ok, key2_ok)
                     d_query += d_logit[:, None] * key * _rsqrt(D2, key)
                 _put(dqkv_ptr + i * B * QKV + head * HEAD, rows, QKV, keys2, row_ok, key2_ok, d_query)
-        for j in tl.static_range(N):
-            for head in tl.static_range(H2):
+        for j in tl.range(N):
+            for head in tl.range(H2):
                 value = _tile(qkv_ptr + j * B * QKV + head * HEAD + 2 * D2, rows, QKV, vals2, row_ok, val2_ok)
                 d_key = tl.zeros((BLOCK_B, D2_P), dtype=value.dtype)
                 d_value = tl.zeros((BLOCK_B, V2_P), dtype=value.dtype)
-                for i in tl.static_range(N):
+                for i in tl.range(N):
                     d_read = _tile(dread_ptr + i * B * H2 * V2 + head * V2, rows, H2 * V2, vals2, row_ok, val2_ok)
                     delta = _rows(delta_ptr + i * B * H2 + head, rows, H2, row_ok)
                     lse = _rows(lse_ptr + i * B * H2 + head, rows, H2, row_ok)
@@ -409,14 +406,14 @@ def layer_step_backward(
         tl.debug_barrier()
 
     # Pass 3, per module: write-back, the cell, and the input attention's query.
-    for k in tl.static_range(N):
+    for k in tl.range(N):
         active = _rows(active_ptr + k, rows, N, row_ok) != 0
         dh_new = _tile(dh_out_ptr + k * M, rows, STATE, units, row_ok, unit_ok)
         d_proposal = dh_new
         if HAS_COMM:
             # What communication read of an active module flows back into its proposal (not into an inactive h).
             wqkv = wqkv_ptr + k * M * QKV
-            for head in tl.static_range(H2):
+            for head in tl.range(H2):
                 base = dqkv_ptr + k * B * QKV + head * HEAD
                 d_proposal += _matmul_t(_tile(base, rows, QKV, keys2, row_ok, key2_ok), wqkv, QKV, units, unit_ok,
                                         head * HEAD, keys2, key2_ok, PRECISION)
@@ -479,7 +476,7 @@ def layer_step_backward(
 
         # Input attention: the attended input's gradient, per head, back through the slot softmax to the query.
         wih = wih_ptr + k * A * G
-        for head in tl.static_range(H):
+        for head in tl.range(H):
             arows = head * V + vals
             d_attended = _matmul_t(d_in0, wih, G, arows, val_ok, 0 * M, units, unit_ok, PRECISION)
             d_attended += _matmul_t(d_in1, wih, G, arows, val_ok, 1 * M, units, unit_ok, PRECISION)
@@ -515,11 +512,11 @@ def layer_step_backward(
     tl.debug_barrier()
 
     # Pass 4, per slot and head: the slots' keys and values, summed over the modules that read them.
-    for head in tl.static_range(H):
-        for slot in tl.static_range(S):
+    for head in tl.range(H):
+        for slot in tl.range(S):
             d_key = tl.zeros_like(_tile(slots_ptr + slot * SLOT + head * D, rows, S * SLOT, keys, row_ok, key_ok))
             d_value = tl.zeros_like(_tile(slots_ptr + slot * SLOT + H * D + head * V, rows, S * SLOT, vals, row_ok, val_ok))
-            for k in tl.static_range(N):
+            for k in tl.range(N):
                 scratch = (k * B * H + head) * S + slot
                 query = _tile(query_ptr + k * B * H * D + head * D, rows, H * D, keys, row_ok, key_ok)
                 d_key += _rows(dlogit_ptr + scratch, rows, H * S, row_ok)[:, None] * query * _rsqrt(D, query)
