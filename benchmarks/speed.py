@@ -9,7 +9,11 @@ MNIST at 14x14 with a 300-feature input) and the same labels. Measured per model
 - peak memory of one training step, two ways (see ``--help`` epilog and the printed notes).
 
 BRIMs trains through autograd; ``compile_step()`` runs the same steps through ``torch.compile``'d
-chunks of ``--steps-per-call`` steps (``brims.backends.compiled``).
+chunks of ``--steps-per-call`` steps (``brims.backends.compiled``); ``--triton`` adds
+``BRIMs(300, backend="triton")``, each layer step one fused kernel forward and one backward
+(``brims.backends.fused``; CUDA); ``--cuda-graphs`` adds the eager (and Triton) models with their
+training forward and backward captured by ``torch.cuda.make_graphed_callables`` and their eval
+forward by ``torch.cuda.graph``, so that a step replays graphs instead of launching kernels.
 
 Timings are medians of ``--repeats`` runs after ``--warmup`` runs. The repeats are interleaved
 across models (repeat r of every model before repeat r+1 of any), so that load drift on a
@@ -19,6 +23,7 @@ shared machine hits every model alike; the ratios are the result, absolute times
     python benchmarks/speed.py                 # CPU, includes torch.compile (a few minutes)
     python benchmarks/speed.py --no-compile    # quick
     python benchmarks/speed.py --device cuda
+    python benchmarks/speed.py --device cuda --no-compile --triton --cuda-graphs --batch 1024 --no-dense
 """
 
 from __future__ import annotations
@@ -69,6 +74,14 @@ def parse_args() -> argparse.Namespace:
         "--steps-per-call", type=int, default=4, metavar="K",
         help="time steps per compiled call, compile_step(steps_per_call=K) (default: %(default)s)",
     )
+    parser.add_argument(
+        "--triton", action="store_true", help="also time BRIMs(300, backend='triton'), the fused kernels (CUDA)"
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true",
+        help="also time the eager model (and with --triton the fused one) replayed as CUDA graphs (CUDA)",
+    )
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense-masked reference (slow at large B)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights, input and labels (default: 0)")
     args = parser.parse_args()
     for name in ("threads", "steps", "batch", "repeats", "steps_per_call"):
@@ -77,6 +90,8 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error("--cuda-graphs needs --device cuda")
     return args
 
 
@@ -149,6 +164,48 @@ class Bench:
         with torch.no_grad():
             self.model(x)
         self.model.train()
+
+
+class TopOutput(nn.Module):
+    """The model's output alone: ``make_graphed_callables`` captures modules that return tensors."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)[0]
+
+
+class GraphedBench(Bench):
+    """A model whose training forward and backward replay CUDA graphs (``make_graphed_callables``),
+    and whose eval forward replays one graph (``torch.cuda.graph``) captured on a static input."""
+
+    def __init__(self, name: str, model: nn.Module, device: torch.device, x: Tensor) -> None:
+        super().__init__(name, model, device)
+        self.graphed = torch.cuda.make_graphed_callables(TopOutput(self.model).train(), (x,))
+        self.model.eval()
+        self.static_x = x.clone()
+        with torch.no_grad():
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up off the capture stream, as CUDA graphs require
+                for _ in range(2):
+                    self.model(self.static_x)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.eval_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.eval_graph):
+                self.static_output = self.model(self.static_x)[0]
+        self.model.train()
+
+    def train_step(self, x: Tensor, y: Tensor) -> None:
+        self.zero_grad()
+        output = self.graphed(x)
+        F.cross_entropy(self.head(output[-1]), y).backward()
+
+    def forward(self, x: Tensor) -> None:
+        self.static_x.copy_(x)
+        self.eval_graph.replay()
 
 
 def timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -254,8 +311,8 @@ def main() -> None:
     eager = brims.BRIMs(INPUT_SIZE)
     benches.append(Bench("brims.BRIMs(300), eager", eager, device))
 
-    def same_weights() -> brims.BRIMs:
-        model = brims.BRIMs(INPUT_SIZE)
+    def same_weights(backend: str = "torch") -> brims.BRIMs:
+        model = brims.BRIMs(INPUT_SIZE, backend=backend)
         model.load_state_dict(eager.state_dict())
         return model
 
@@ -265,8 +322,16 @@ def main() -> None:
     for mode in args.compile_mode:
         moded = same_weights().compile_step(steps_per_call=args.steps_per_call, mode=mode)
         benches.append(Bench(f"brims.BRIMs(300).compile_step(mode={mode!r})", moded, device))
-    torch.manual_seed(args.seed)
-    benches.append(Bench("dense-masked reference (released design)", DenseMaskedBRIMs(INPUT_SIZE), device))
+    if args.triton:
+        benches.append(Bench("brims.BRIMs(300, backend='triton')", same_weights("triton"), device))
+    if args.cuda_graphs:
+        benches.append(GraphedBench("brims.BRIMs(300), eager, CUDA graphs", same_weights(), device, x))
+        if args.triton:
+            benches.append(GraphedBench("brims.BRIMs(300, backend='triton'), CUDA graphs", same_weights("triton"),
+                                        device, x))
+    if not args.no_dense:
+        torch.manual_seed(args.seed)
+        benches.append(Bench("dense-masked reference (released design)", DenseMaskedBRIMs(INPUT_SIZE), device))
 
     for bench in list(benches):
         start = time.perf_counter()
@@ -276,7 +341,7 @@ def main() -> None:
             for _ in range(args.warmup):
                 bench.first_calls.append(timed(lambda: bench.forward(x), device))
         except Exception as error:  # an optional compile mode this torch or device cannot run
-            if bench is benches[0] or bench is benches[-1]:
+            if bench is benches[0] or bench.name.startswith("dense"):
                 raise
             print(f"DROPPED {bench.name}: {type(error).__name__}: {str(error)[:300]}", flush=True)
             benches.remove(bench)
@@ -316,7 +381,7 @@ def main() -> None:
     print()
     dense = benches[-1]
     dense_train, dense_forward = median(dense.train_times), median(dense.forward_times)
-    for bench in benches[1:-1]:
+    for bench in benches[1:-1] if not args.no_dense else []:
         print(
             f"speed-up of {bench.name} over the dense-masked reference: "
             f"train {dense_train / median(bench.train_times):.1f}x, "

@@ -254,3 +254,21 @@ def test_ctrl_c_during_a_supervised_run_stops_cleanly_and_says_how_to_resume(tmp
     assert "Traceback" not in stderr, stderr
     assert f"resume with `brims train {run}`" in stderr
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@no_cuda
+def test_the_triton_backend_on_a_cpu_is_refused_before_the_run_starts(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the tests' interpreter would run it
+    config, run = adding_config(tmp_path), tmp_path / "run"
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress", "--set",
+                 "model.core.brims.backend=triton") == 2
+    assert "model.core.brims.backend=triton runs its kernels on a CUDA GPU: set train.accelerator=gpu" in (
+        capsys.readouterr().err)
+    assert not (run / "config.yaml").exists()
+
+
+def test_the_triton_backend_is_not_compiled_again(tmp_path, capsys):
+    config, run = adding_config(tmp_path), tmp_path / "run"
+    assert brims("train", str(config), "--run-dir", str(run), "--no-progress", "--set",
+                 "model.core.brims.backend=triton", "model.core.compile=true") == 2
+    assert "backend=triton is fused already: set model.core.compile=false" in capsys.readouterr().err

@@ -630,3 +630,27 @@ def test_compare_needs_finished_runs(tmp_path, capsys):
         brims("compare", str(tmp_path))
     assert exit_info.value.code == 2
     assert "metrics.json" in capsys.readouterr().err
+
+
+
+def test_the_triton_backend_trains_to_the_torch_backends_weights(data_dir, tmp_path):
+    """One short run on each backend (Triton's kernels in its interpreter here, hence 3x3 images and
+    2 steps): the same dropout draws, so the same weights and test metrics, to float32 rounding."""
+    small = {"train_resolution": 3, "test_resolutions": [4], "train_limit": 2 * BATCH, "validation_size": 16,
+             "test_limit": 16}
+    runs = {}
+    for backend in ("torch", "triton"):
+        core = {"brims": {**tiny_config(data_dir)["model"]["core"]["brims"], "backend": backend}}
+        config = tiny_config(data_dir, data=small, model={"core": core}, train={"epochs": 1})
+        runs[backend] = train_run(tmp_path / backend, config)
+    expected, got = (weights(runs[b] / "checkpoints" / "last.ckpt") for b in ("torch", "triton"))
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    expected_metrics, got_metrics = (json.loads((runs[b] / "metrics.json").read_text()) for b in runs)
+    for part in ("resolution", "noise"):
+        assert got_metrics[part].keys() == expected_metrics[part].keys()
+        for condition, result in expected_metrics[part].items():
+            assert got_metrics[part][condition]["acc"] == result["acc"], condition
+            assert got_metrics[part][condition]["loss"] == pytest.approx(result["loss"], rel=1e-4), condition
+    assert got_metrics["val_acc"] == expected_metrics["val_acc"]

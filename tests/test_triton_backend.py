@@ -4,7 +4,7 @@ Outputs, final state, module choices, attention, and the gradient of every param
 and of the initial state, over the model's switches, in float64, in training mode with dropout
 (both backends draw the same keep masks under one seed) and in eval mode. Without a GPU the
 kernels run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``): slow, so the
-sequences are short.
+sequences are short. With one, the same comparisons run on it (``DEVICE``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from brims import BRIMs, BRIMsConfig, BRIMsState
 
 TOL = dict(rtol=0, atol=1e-12)
 STEPS, BATCH = 2, 3
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the interpreter runs CPU tensors only
 
 
 def twins(config: BRIMsConfig, train: bool, dtype: torch.dtype = torch.float64) -> tuple[BRIMs, BRIMs]:
     """The torch-backend model and a Triton-backend model with the same weights."""
-    reference = build(config, train=train, dtype=dtype)
-    fused = build(dataclasses.replace(config, backend="triton"), train=train, dtype=dtype)
+    reference = build(config, train=train, dtype=dtype).to(DEVICE)
+    fused = build(dataclasses.replace(config, backend="triton"), train=train, dtype=dtype).to(DEVICE)
     fused.load_state_dict(reference.state_dict())
     return reference, fused
 
@@ -32,11 +33,11 @@ def twins(config: BRIMsConfig, train: bool, dtype: torch.dtype = torch.float64) 
 def run(model: BRIMs, x: torch.Tensor, state: BRIMsState | None) -> dict[str, torch.Tensor]:
     """One forward and backward from fresh leaves; everything the comparison reads, by name."""
     torch.manual_seed(5)  # the dropout masks
-    x = x.detach().clone().requires_grad_()
+    x = x.detach().to(DEVICE).requires_grad_()
     leaves = {"x": x}
     if state is not None:
-        h = tuple(t.detach().clone().requires_grad_() for t in state.h)
-        c = h if model.config.cell == "gru" else tuple(t.detach().clone().requires_grad_() for t in state.c)
+        h = tuple(t.detach().to(DEVICE).requires_grad_() for t in state.h)
+        c = h if model.config.cell == "gru" else tuple(t.detach().to(DEVICE).requires_grad_() for t in state.c)
         leaves.update({f"h0[{i}]": t for i, t in enumerate(h)}, **{f"c0[{i}]": t for i, t in enumerate(c)})
         state = BRIMsState(h, c)
     output, final, diagnostics = model(x, state, return_diagnostics=True)
@@ -112,7 +113,7 @@ def test_triton_float32_matches_within_float32_tolerance():
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
     config = make_config("lstm", 1)
-    _, fused = twins(config, train=False)
+    fused = build(dataclasses.replace(config, backend="triton"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="need a CUDA GPU, or Triton's interpreter"):
         fused(random_input(config, 1, 2))
@@ -127,3 +128,31 @@ def test_compile_step_refuses_the_triton_backend():
 def test_backend_is_validated():
     with pytest.raises(ValueError, match="backend must be one of \\('torch', 'triton'\\), got 'cuda'"):
         make_config("lstm", 1, backend="cuda")
+
+
+def test_triton_matches_torch_with_sizes_past_one_tile():
+    """Modules of 20 units, keys of 20 and values of 40 pad to 32, 32 and 64 lanes (the tiny configs
+    above fit in one 16-lane tile)."""
+    config = make_config("lstm", 1, hidden_sizes=(60,), num_modules=(3,), top_k=(2,), input_key_size=20,
+                         comm_key_size=20, comm_value_size=24)
+    reference, fused = twins(config, train=True)
+    x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
+    assert_same(run(reference, x, state), run(fused, x, state))
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+def test_triton_on_cuda_matches_torch_on_cuda(cell):
+    """The compiled kernels on a GPU, at the released configuration's sizes (300 units, 6 and 3
+    modules), float32, training mode with dropout, 70 rows (five programs)."""
+    config = BRIMsConfig(300, cell=cell)
+    reference, fused = twins(config, train=True, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 70, 300, generator=generator)
+    state = BRIMsState(*(tuple(0.5 * torch.randn(70, 300, generator=generator) for _ in range(2)) for _ in range(2)))
+    if cell == "gru":
+        state = BRIMsState(state.h, state.h)
+    assert_same(run(reference, x, state), run(fused, x, state), tol=dict(rtol=1e-4, atol=2e-5))

@@ -55,7 +55,7 @@ class CoreConfig:
             raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")
         if self.compile and self.brims.get("backend") == "triton" and self.kind != "lstm":
             raise ValueError(
-                "model.core.compile=true compiles the torch backend, but model.core.brims.backend=triton "
+                "compile=true compiles the torch backend, but model.core.brims.backend=triton "
                 "is fused already: set model.core.compile=false"
             )
         for name in self.brims:
