@@ -156,3 +156,17 @@ def test_triton_on_cuda_matches_torch_on_cuda(cell):
     if cell == "gru":
         state = BRIMsState(state.h, state.h)
     assert_same(run(reference, x, state), run(fused, x, state), tol=dict(rtol=1e-4, atol=2e-5))
+
+
+def test_triton_under_autocast_keeps_a_float32_state_and_trains():
+    """Mixed precision: the slot projections run in bfloat16 under autocast; the kernels take them in
+    the state's float32, and the gradients reach every parameter."""
+    config = make_config("lstm", 2, top_down=True, communication=True)
+    fused = build(dataclasses.replace(config, backend="triton"), dtype=torch.float32, train=True).to(DEVICE)
+    x = random_input(config, STEPS, BATCH, dtype=torch.float32).to(DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        output, state = fused(x)
+    assert output.dtype == torch.float32 and all(t.dtype == torch.float32 for t in state.h + state.c)
+    output.square().sum().backward()
+    for name, parameter in fused.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from brims import __version__
+from brims_experiments.reproduce.commands import add_commands as add_reproduce_commands
 from brims_experiments.train.commands import add_commands as add_experiment_commands
 from brims_experiments.tasks.copying import CopyingMetrics, CopyingTaskConfig, copying_loss, copying_metrics, make_copying_batch
 from brims_experiments.tasks.cores import CoreConfig
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=run_demo, command_parser=demo)
     add_experiment_commands(commands)
+    add_reproduce_commands(commands)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""The ``brims reproduce`` and ``brims report`` commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from brims_experiments.reproduce.suites import suite_names
+
+
+def add_commands(commands: Any) -> None:
+    names = ", ".join(suite_names())
+    reproduce = commands.add_parser(
+        "reproduce", help="run a named suite of experiments (models x seeds) and write its report",
+        description=f"Run a suite ({names}): every experiment's models with every seed, each as its own `brims "
+        "train` run, a few at a time; skip finished runs and resume started ones; copy each finished run's "
+        "config, metrics, log and figures (no checkpoints) to <results>/<suite>/; then write the report "
+        "(tables with 95% intervals over seeds, the claims they test, curves). The suites are described in "
+        "src/brims_experiments/suites/.")
+    reproduce.add_argument("suite", choices=suite_names(), metavar="SUITE", help=f"one of {names}")
+    reproduce.add_argument("--dry-run", action="store_true",
+                           help="list the runs, their state and commands, and the estimated time; run nothing")
+    reproduce.add_argument("--jobs", type=int, help="runs at a time, one thread each (default: the suite's, "
+                           "2 for the CPU suites)")
+    reproduce.add_argument("--runs", default="runs", help="folder of the run folders (default: runs)")
+    reproduce.add_argument("--results", default="results", help="folder of the committed results (default: results)")
+    reproduce.add_argument("--keep-results", action="store_true",
+                           help="count runs already in --results with the same config as finished (to continue a "
+                           "suite on another machine); without it every run not finished under --runs is run")
+    reproduce.add_argument("--readme", help="also rewrite this README's generated block of the suite")
+    reproduce.set_defaults(handler=run_reproduce, command_parser=reproduce)
+
+    report = commands.add_parser(
+        "report", help="rebuild a suite's report (and README block) from its results alone",
+        description="Rebuild <results>/<suite>/README.md and its figures from the committed results, and with "
+        "--readme the suite's generated block in that README (the tests check that block against results/).")
+    report.add_argument("suite", choices=suite_names(), metavar="SUITE", help=f"one of {names}")
+    report.add_argument("--results", default="results", help="folder of the results (default: results)")
+    report.add_argument("--readme", help="rewrite this README's generated block of the suite")
+    report.set_defaults(handler=run_report, command_parser=report)
+
+
+def _report(suite: Any, results: Path, readme: str | None, parser: argparse.ArgumentParser) -> None:
+    from brims_experiments.reproduce.report import update_readme, write_report
+
+    print(f"report: {write_report(suite, results)}")
+    if readme:
+        if not Path(readme).is_file():
+            parser.error(f"--readme {readme}: no such file")
+        if not update_readme(Path(readme), suite, results):
+            parser.error(f"{readme} has no generated block for suite {suite.name}")
+        print(f"updated the suite's block in {readme}")
+
+
+def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
+    from brims_experiments.reproduce.suites import load_suite
+
+    suite = load_suite(args.suite)
+    jobs = args.jobs if args.jobs is not None else suite.jobs
+    if jobs < 1:
+        parser.error("--jobs must be >= 1")
+    results = Path(args.results) / suite.name
+    runs = plan(suite, Path(args.runs), Path(args.results))
+    states = {run.name: status(run, args.keep_results) for run in runs}
+    if args.dry_run:
+        print(f"suite {suite.name}: {suite.title}")
+        for run in runs:
+            print(f"  {states[run.name]:>8}  {run.name}  (~{run.experiment.minutes[run.model]:.0f} min)")
+            print(f"            {run.command()}")
+        print(f"estimated wall time for what is not finished, {jobs} at a time: "
+              f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates on 2 CPU cores)")
+        return 0
+    args.run_folder = None
+    session = execute(suite, runs, args.keep_results, jobs)
+    record_session(results, session)
+    _report(suite, results, args.readme, parser)
+    failed = [name for name, outcome in session["runs"].items() if outcome.startswith("failed")]
+    print(f"suite {suite.name}: {session['wall_seconds'] / 60:.1f} min"
+          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims_experiments.reproduce.suites import load_suite
+
+    suite = load_suite(args.suite)
+    results = Path(args.results) / suite.name
+    if not results.is_dir():
+        parser.error(f"{results} does not exist: run `brims reproduce {suite.name}` first")
+    _report(suite, results, args.readme, parser)
+    return 0

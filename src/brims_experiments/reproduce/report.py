@@ -1,0 +1,298 @@
+"""A suite's report from its committed results alone: tables with 95% intervals over seeds, the
+claims each table tests, learning and generalisation curves, and the README's blocks.
+
+Everything here reads ``results/<suite>/`` (never the run folders), so the report and the README's
+tables can be rebuilt, and checked, from what is in git. Intervals are Student-t 95% intervals of
+the mean over seeds (``mean ± t_{0.975, n-1} s / sqrt(n)``); with one seed there is no interval.
+A claim is *supported* when the model's interval lies wholly on the better side of the baseline's,
+*contradicted* when wholly on the worse side, and *not answerable with these seeds* otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from brims_experiments.reproduce.suites import Claim, Experiment, Suite
+from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, save_figure
+
+# Two-sided 95% quantiles of Student's t, by degrees of freedom (the standard table).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         15: 2.131, 20: 2.086, 30: 2.042}
+REPORT_FILE = "README.md"
+
+
+def t_quantile(df: int) -> float:
+    known = [d for d in sorted(T_975) if d <= df]
+    return T_975[known[-1]] if known else math.inf
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The mean of ``n`` seeds and its 95% interval's half-width (nan for one seed)."""
+
+    mean: float
+    half_width: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Estimate:
+        n = len(values)
+        mean = sum(values) / n
+        if n < 2:
+            return cls(mean, math.nan, n)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+        return cls(mean, t_quantile(n - 1) * sd / math.sqrt(n), n)
+
+    @property
+    def low(self) -> float:
+        return self.mean - (0.0 if math.isnan(self.half_width) else self.half_width)
+
+    @property
+    def high(self) -> float:
+        return self.mean + (0.0 if math.isnan(self.half_width) else self.half_width)
+
+    def format(self, scale: float = 1.0) -> str:
+        mean, half = scale * self.mean, scale * self.half_width
+        # Two significant digits of the interval; three of a lone value.
+        digits = _digits(half) if self.n > 1 and half > 0 else min(5, _digits(abs(mean)) + 1)
+        text = f"{mean:.{digits}f}"
+        if self.n > 1:
+            text += f" ± {half:.{digits}f}"
+        return text
+
+
+def _digits(size: float) -> int:
+    """Decimals that show two significant digits of ``size`` (at most 5)."""
+    if not size or not math.isfinite(size):
+        return 3
+    return max(0, min(5, 1 - math.floor(math.log10(abs(size)))))
+
+
+def metric_at(metrics: dict[str, Any], path: str) -> float:
+    value: Any = metrics
+    for part in path.split("."):
+        value = value[part]
+    return float(value)
+
+
+@dataclass
+class RunResult:
+    model: str
+    seed: int
+    folder: Path
+    metrics: dict[str, Any]
+
+
+def load_results(results: Path, experiment: Experiment) -> dict[str, list[RunResult]]:
+    """Finished runs of one experiment by model, in seed order (folders without metrics are not finished)."""
+    found: dict[str, list[RunResult]] = {model: [] for model in experiment.models}
+    for model in experiment.models:
+        for folder in sorted((results / experiment.name / model).glob("seed*"), key=lambda p: int(p.name[4:])):
+            if (folder / METRICS_FILE).is_file() and (folder / CONFIG_FILE).is_file():
+                found[model].append(RunResult(model, int(folder.name[4:]), folder,
+                                              json.loads((folder / METRICS_FILE).read_text())))
+    return found
+
+
+def estimates(found: dict[str, list[RunResult]], experiment: Experiment) -> dict[tuple[str, str], Estimate]:
+    return {(model, c.label): Estimate.of([metric_at(r.metrics, c.path) for r in runs])
+            for model, runs in found.items() if runs for c in experiment.conditions}
+
+
+def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str) -> str:
+    ours, theirs = table.get((claim.model, claim.condition)), table.get((claim.baseline, claim.condition))
+    if ours is None or theirs is None:
+        return "not run yet"
+    if ours.n < 2 or theirs.n < 2:
+        return "not answerable with one seed"
+    lower_is_better = better == "lower"
+    if (ours.high < theirs.low) if lower_is_better else (ours.low > theirs.high):
+        return "supported"
+    if (ours.low > theirs.high) if lower_is_better else (ours.high < theirs.low):
+        return "contradicted"
+    return "not answerable with these seeds (the intervals overlap)"
+
+
+def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str:
+    """Markdown: one row per model (seeds, steps, parameters, each condition's mean ± 95% interval),
+    then each claim with its verdict."""
+    found = load_results(results, experiment)
+    table = estimates(found, experiment)
+    header = ["model", "seeds", "steps", "params", *(c.label for c in experiment.conditions)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
+    for model, runs in found.items():
+        if not runs:
+            lines.append(f"| {model} | 0 of {len(suite.seeds)} | - | - |" + " - |" * len(experiment.conditions))
+            continue
+        steps = sorted({r.metrics.get("global_step") for r in runs})
+        cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in steps),
+                 f"{runs[0].metrics['parameters']:,}"]
+        cells += [table[(model, c.label)].format(c.scale) for c in experiment.conditions]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"Mean ± 95% interval over seeds ({experiment.better} is better).")
+    for claim in experiment.claims:
+        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better)}**.")
+    return "\n".join(lines)
+
+
+def read_curve(folder: Path, column: str) -> dict[int, float]:
+    """Validation ``column`` of a run's ``logs/metrics.csv`` by step (rows where it is set)."""
+    curve = {}
+    path = folder / "logs" / "metrics.csv"
+    if path.is_file():
+        with path.open() as f:
+            for row in csv.DictReader(f):
+                if row.get(column):
+                    curve[int(float(row["step"])) + 1] = float(row[column])
+    return curve
+
+
+def plot_learning_curves(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for model, runs in found.items():
+        curves = [read_curve(r.folder, experiment.curve) for r in runs]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not steps:
+            continue
+        bands = [Estimate.of([c[s] for c in curves]) for s in steps]
+        axis.plot(steps, [b.mean for b in bands], label=f"{model} (n={len(curves)})")
+        if len(curves) > 1:
+            axis.fill_between(steps, [b.low for b in bands], [b.high for b in bands], alpha=0.25)
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set_xlabel("training step")
+    axis.set_ylabel(experiment.curve_label)
+    if experiment.better == "lower" and experiment.curve.endswith(("mse", "loss")):
+        axis.set_yscale("log")
+    axis.set_title(f"{experiment.name}: mean over seeds, band = 95% interval")
+    axis.legend()
+    save_figure(figure, path)
+    return path
+
+
+def plot_generalisation(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:
+    if not experiment.generalisation:
+        return None
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for model, runs in found.items():
+        if not runs:
+            continue
+        lengths = sorted({int(length) for r in runs for length in r.metrics[experiment.generalisation]})
+        points = [Estimate.of([r.metrics[experiment.generalisation][str(n)][experiment.generalisation_metric]
+                               for r in runs]) for n in lengths]
+        errors = [0.0 if math.isnan(p.half_width) else p.half_width for p in points]
+        axis.errorbar(lengths, [p.mean for p in points], yerr=errors, marker="o", capsize=3,
+                      label=f"{model} (n={len(runs)})")
+        drawn = True
+    if not drawn:
+        plt.close(figure)
+        return None
+    axis.set_xlabel(f"test {experiment.generalisation}")
+    axis.set_ylabel(f"test {experiment.generalisation_metric}")
+    axis.set_title(f"{experiment.name}: generalisation, 95% intervals")
+    axis.legend()
+    save_figure(figure, path)
+    return path
+
+
+def readme_block(suite: Suite, results: Path) -> str:
+    """What the README shows of a suite: each experiment's table and verdicts, generated from results."""
+    parts = []
+    for experiment in suite.experiments:
+        parts.append(f"**{experiment.name}** (`{experiment.preset}`" + (f" {' '.join(experiment.overrides)}"
+                                                                         if experiment.overrides else "") + ")")
+        parts.append("")
+        parts.append(experiment_table(suite, experiment, results))
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _marks(name: str) -> tuple[str, str]:
+    return f"<!-- suite {name}: generated by `brims report {name} --readme`, checked by the tests -->", \
+        f"<!-- end of suite {name} -->"
+
+
+def readme_section(text: str, name: str) -> str | None:
+    """The generated block of suite ``name`` in a README's text, or None when it has none."""
+    begin, end = _marks(name)
+    match = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
+    return None if match is None else match.group(1)
+
+
+def update_readme(readme: Path, suite: Suite, results: Path) -> bool:
+    """Rewrite the suite's block in ``readme``; False when the README has no block for it."""
+    text = readme.read_text()
+    begin, end = _marks(suite.name)
+    if readme_section(text, suite.name) is None:
+        return False
+    block = readme_block(suite, results)
+    text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end), lambda _: f"{begin}\n{block}{end}", text, flags=re.S)
+    readme.write_text(text)
+    return True
+
+
+def write_report(suite: Suite, results: Path) -> Path:
+    """``results/<suite>/README.md`` and its figures, from the results alone."""
+    record = json.loads((results / "suite.json").read_text()) if (results / "suite.json").is_file() else {}
+    sessions = record.get("sessions", [])
+    lines = [f"# Suite `{suite.name}`: {suite.title}", "", suite.question, ""]
+    lines += [f"Reproduce: `brims reproduce {suite.name}` (resumable; `--dry-run` lists the runs). Seeds "
+              f"{', '.join(map(str, suite.seeds))} for every model; every model of an experiment has the same "
+              "budget and data order; each run's checkpoint is chosen on validation only, and every test condition "
+              "is scored from that one checkpoint.", ""]
+    for experiment in suite.experiments:
+        found = load_results(results, experiment)
+        lines += [f"## {experiment.name}", ""]
+        if experiment.note:
+            lines += [experiment.note, ""]
+        lines += [experiment_table(suite, experiment, results), ""]
+        for kind, plot in (("learning", plot_learning_curves), ("generalisation", plot_generalisation)):
+            figure = plot(experiment, found, results / experiment.name / f"{kind}.png")
+            if figure is not None:
+                lines += [f"![{kind}]({experiment.name}/{kind}.png)", ""]
+        for model, runs in found.items():
+            activity = runs[0].folder / "module_activity.png" if runs else None
+            if activity is not None and activity.is_file():
+                lines += [f"Module activity, {model} seed {runs[0].seed}: "
+                          f"![{model}]({activity.relative_to(results).as_posix()})", ""]
+        lines += ["Commands (seed `k` of the seeds above; `brims reproduce` runs them, one thread each):", ""]
+        for model, overrides in experiment.models.items():
+            options = " ".join([*experiment.overrides, *overrides, "train.seed=k", "train.threads=1"])
+            lines.append(f"- {model}: `brims train {experiment.preset} --run-dir runs/{suite.name}/"
+                         f"{experiment.name}/{model}/seedk --set {options}`")
+        lines.append("")
+        times = [(model, r.seed, r.metrics.get("train", {}).get("seconds", 0.0) + r.metrics.get("test_seconds", 0.0))
+                 for model, runs in found.items() for r in runs]
+        if times:
+            lines.append("Wall time per run (train + test), minutes: " + ", ".join(
+                f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
+            lines.append("")
+    if sessions:
+        lines += ["## Sessions", "", "| started (UTC) | wall | jobs | machine | versions | runs finished |",
+                  "|---|---:|---:|---|---|---:|"]
+        for session in sessions:
+            m = session["machine"]
+            hardware = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
+            finished = sum(1 for outcome in session["runs"].values() if outcome == "finished")
+            lines.append(f"| {session['started_at']} | {session['wall_seconds'] / 60:.1f} min | {session['jobs']} | "
+                         f"{hardware} | brims {m['brims']}, torch {m['torch']}, lightning {m['lightning']} | "
+                         f"{finished} |")
+        lines.append("")
+    path = results / REPORT_FILE
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,203 @@
+"""Run a suite: every (experiment, model, seed) as its own ``brims train`` process, a few at a time.
+
+Run folders live under ``<runs>/<suite>/<experiment>/<model>/seed<k>`` (checkpoints and all); a
+finished run (its ``metrics.json`` written after the test) is skipped, a started one resumes from
+its last checkpoint, so the command picks up where an interruption left it. Each finished run's
+small artefacts (resolved config, metrics, training log, figures; no checkpoints) are copied to
+``<results>/<suite>/<experiment>/<model>/seed<k>``; only finished runs are copied, so a run that did
+not finish is never reported. With ``keep_results`` a run already in ``<results>`` with the same
+config counts as finished too (a suite continued on another machine).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from brims_experiments.reproduce.suites import Experiment, Suite
+from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE, ConfigError, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SUITE_RECORD = "suite.json"
+KEPT_FILES = (CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE, "logs/metrics.csv")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    experiment: Experiment
+    model: str
+    seed: int
+    run_dir: Path
+    result_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment.name}/{self.model}/seed{self.seed}"
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.experiment.overrides_for(self.model, self.seed)
+
+    def command(self) -> str:
+        """The ``brims train`` command of this run, as a user would type it in a shell."""
+        return shlex.join(["brims", "train", self.experiment.preset, "--run-dir", str(self.run_dir), "--set", *self.overrides])
+
+    def config(self) -> Any:
+        from brims_experiments.train.commands import load_any_config, resolve_config
+
+        return load_any_config(resolve_config(self.experiment.preset), self.overrides)
+
+
+def plan(suite: Suite, runs_root: Path, results_root: Path) -> list[PlannedRun]:
+    """Every run of the suite, experiment by experiment, seeds outermost within one: the first seed
+    of every model comes before the second seed of any, so an early stop still compares models."""
+    runs = []
+    for experiment in suite.experiments:
+        for seed in suite.seeds:
+            for model in experiment.models:
+                where = Path(suite.name) / experiment.name / model / f"seed{seed}"
+                runs.append(PlannedRun(experiment, model, seed, runs_root / where, results_root / where))
+    return runs
+
+
+def _same_config(folder: Path, run: PlannedRun) -> bool:
+    from brims_experiments.train.commands import load_any_config
+
+    return load_any_config(folder / CONFIG_FILE) == run.config()
+
+
+def status(run: PlannedRun, keep_results: bool) -> str:
+    """``finished`` (in the run folder, or in results with ``keep_results``), ``started`` or ``new``."""
+    if (run.run_dir / CONFIG_FILE).is_file():
+        if not _same_config(run.run_dir, run):
+            raise ConfigError(f"{run.run_dir} holds a run of another config than suite entry {run.name} (the suite "
+                              "changed?): delete that folder to run it again")
+        return "finished" if (run.run_dir / METRICS_FILE).is_file() else "started"
+    if keep_results and (run.result_dir / METRICS_FILE).is_file() and _same_config(run.result_dir, run):
+        return "finished"
+    return "new"
+
+
+def collect(run: PlannedRun) -> None:
+    """Copy a finished run's small artefacts into its results folder, replacing what was there."""
+    staging = run.result_dir.with_name(run.result_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name in KEPT_FILES:
+        source = run.run_dir / name
+        if source.is_file():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, staging / name)
+    for figure in sorted(run.run_dir.glob("*.png")):
+        shutil.copy2(figure, staging / figure.name)
+    metrics = json.loads((staging / METRICS_FILE).read_text())
+    metrics["checkpoint"] = Path(metrics.get("checkpoint", "")).name  # not this machine's path
+    atomic_write_text(staging / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(run.result_dir, ignore_errors=True)
+    staging.rename(run.result_dir)
+
+
+def machine() -> dict[str, Any]:
+    import lightning
+    import torch
+
+    import brims
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": cores, "gpu": gpu, "python": platform.python_version(), "torch": torch.__version__,
+            "lightning": lightning.__version__, "brims": brims.__version__}
+
+
+def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "brims_experiments.cli", "train"]
+    command += [str(run.run_dir)] if state == "started" else [run.experiment.preset, "--run-dir", str(run.run_dir),
+                                                              "--set", *run.overrides]
+    command.append("--no-progress")
+    run.run_dir.parent.mkdir(parents=True, exist_ok=True)
+    output = open(run.run_dir.with_name(run.run_dir.name + ".log"), "a")
+    output.write(f"\n$ {' '.join(command)}\n")
+    output.flush()
+    # Its own process group: Ctrl-C reaches it once, from us, so that it saves and stops cleanly.
+    return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print) -> dict[str, Any]:
+    """Run what is not finished, ``jobs`` at a time; collect every finished run. Returns this
+    session's record: its wall time and each run's outcome."""
+    started_at, start = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    states = {run.name: status(run, keep_results) for run in runs}
+    waiting = [run for run in runs if states[run.name] != "finished"]
+    for run in runs:
+        if states[run.name] == "finished" and (run.run_dir / METRICS_FILE).is_file():
+            collect(run)  # a run finished earlier whose results folder may be stale
+    outcome = {run.name: "finished before" for run in runs if states[run.name] == "finished"}
+    say(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(waiting)} finished before, {len(waiting)} to run, "
+        f"{jobs} at a time")
+    running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
+    done = len(runs) - len(waiting)
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                run = waiting.pop(0)
+                running[run.name] = (run, _launch(run, states[run.name]), time.perf_counter())
+                say(f"  started  {run.name} ({states[run.name]}; log {run.run_dir.name}.log)")
+            time.sleep(1.0)
+            for name, (run, process, began) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[name]
+                done += 1
+                seconds = time.perf_counter() - began
+                if process.returncode == 0 and (run.run_dir / METRICS_FILE).is_file():
+                    collect(run)
+                    outcome[name] = "finished"
+                    say(f"  [{done}/{len(runs)}] finished {name} in {seconds / 60:.1f} min")
+                else:
+                    outcome[name] = f"failed (exit {process.returncode})"
+                    say(f"  [{done}/{len(runs)}] FAILED {name} (exit {process.returncode}): see "
+                        f"{run.run_dir.with_name(run.run_dir.name + '.log')}")
+    except KeyboardInterrupt:
+        for run, process, _ in running.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)  # each saves its last checkpoint
+        for run, process, _ in running.values():
+            process.wait()
+        raise
+    return {"started_at": started_at, "wall_seconds": round(time.perf_counter() - start, 1), "jobs": jobs,
+            "machine": machine(), "runs": outcome}
+
+
+def record_session(results: Path, session: dict[str, Any]) -> None:
+    """Append this invocation to ``<results>/<suite>/suite.json`` (the suite's sessions, machines, wall times)."""
+    path = results / SUITE_RECORD
+    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
+
+
+def estimate_minutes(runs: list[PlannedRun], states: dict[str, str], jobs: int) -> float:
+    """Wall minutes to run what is not finished, ``jobs`` at a time (the suite's per-run estimates)."""
+    pending = sorted((run.experiment.minutes[run.model] for run in runs if states[run.name] != "finished"), reverse=True)
+    lanes = [0.0] * jobs
+    for minutes in pending:  # longest first onto the least loaded lane
+        lanes[lanes.index(min(lanes))] += minutes
+    return max(lanes) if lanes else 0.0

@@ -1,0 +1,124 @@
+"""Named suites of runs (configs x models x seeds) that answer the papers' questions, read from YAML.
+
+A suite file (``brims_experiments/suites/<name>.yaml``) names its question and its experiments. Each
+experiment is one preset with the overrides every model shares, the models with their own
+overrides, the test conditions its tables report (dotted paths into a run's ``metrics.json``), the
+validation column its learning curves plot, and the claims it tests: one model against a baseline
+on one condition. Every model of an experiment gets the same seeds, budget and data order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from brims_experiments.runs import ConfigError, require
+
+SUITES_PACKAGE = "brims_experiments.suites"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One column of a results table: ``path`` into ``metrics.json`` (e.g. ``length.200.mse``)."""
+
+    label: str
+    path: str
+    scale: float = 1.0  # shown as scale * value (100 for a share in %)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """``model`` does better than ``baseline`` on ``condition`` (a label of the experiment's conditions)."""
+
+    text: str
+    model: str
+    baseline: str
+    condition: str
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    preset: str
+    overrides: tuple[str, ...]
+    models: dict[str, tuple[str, ...]]  # model name -> its own overrides
+    conditions: tuple[Condition, ...]
+    better: str  # "lower" or "higher": for every condition of the experiment
+    curve: str  # the validation column of logs/metrics.csv its learning curves plot
+    curve_label: str
+    generalisation: str | None  # metrics.json key whose conditions are sequence lengths, e.g. "length"
+    generalisation_metric: str | None
+    claims: tuple[Claim, ...]
+    minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
+    note: str
+
+    def overrides_for(self, model: str, seed: int) -> list[str]:
+        return [*self.overrides, *self.models[model], f"train.seed={seed}", "train.threads=1"]
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    title: str
+    question: str
+    machine: str
+    seeds: tuple[int, ...]
+    jobs: int
+    experiments: tuple[Experiment, ...]
+
+
+def suite_names() -> list[str]:
+    return sorted(Path(p.name).stem for p in resources.files(SUITES_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def load_suite(name: str) -> Suite:
+    """The suite ``name`` (one of :func:`suite_names`), validated; errors name the field."""
+    names = suite_names()
+    if name not in names:
+        raise ConfigError(f"unknown suite {name!r}; the suites are {', '.join(names)}")
+    text = resources.files(SUITES_PACKAGE).joinpath(f"{name}.yaml").read_text()
+    return parse_suite(name, yaml.safe_load(text))
+
+
+def _strings(where: str, value: Any) -> tuple[str, ...]:
+    require(isinstance(value, list) and all(isinstance(v, str) for v in value), f"{where} must be a list of strings")
+    return tuple(value)
+
+
+def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
+    from brims_experiments.train.commands import preset_names
+
+    require(isinstance(raw, dict), f"suite {name}: not a mapping")
+    seeds = tuple(raw.get("seeds", ()))
+    require(len(seeds) >= 1 and all(isinstance(s, int) for s in seeds), f"suite {name}: seeds must be a list of ints")
+    experiments = []
+    for index, item in enumerate(raw.get("experiments", [])):
+        where = f"suite {name}, experiment {item.get('name', index)}"
+        preset = str(item.get("preset"))
+        require(preset in preset_names() or Path(preset).is_file(), f"{where}: unknown preset {preset!r}")
+        models = {model: _strings(f"{where}, model {model}", overrides or [])
+                  for model, overrides in item["models"].items()}
+        conditions = tuple(Condition(**c) for c in item["conditions"])
+        labels = {c.label for c in conditions}
+        claims = tuple(Claim(**c) for c in item.get("claims", []))
+        for claim in claims:
+            require(claim.model in models and claim.baseline in models, f"{where}: claim names an unknown model")
+            require(claim.condition in labels, f"{where}: claim names an unknown condition {claim.condition!r}")
+        require(item.get("better") in ("lower", "higher"), f"{where}: better must be lower or higher")
+        minutes = {model: float(item.get("minutes", {}).get(model, 5.0)) for model in models}
+        experiments.append(Experiment(
+            name=item["name"], preset=item["preset"], overrides=_strings(f"{where}, set", item.get("set", [])),
+            models=models, conditions=conditions, better=item["better"], curve=item["curve"],
+            curve_label=item.get("curve_label", item["curve"]), generalisation=item.get("generalisation"),
+            generalisation_metric=item.get("generalisation_metric"), claims=claims, minutes=minutes,
+            note=item.get("note", "").strip(),
+        ))
+    require(experiments, f"suite {name}: no experiments")
+    jobs = raw.get("jobs", 1)
+    require(isinstance(jobs, int) and jobs >= 1, f"suite {name}: jobs must be a positive int")
+    return Suite(name=name, title=raw["title"], question=raw["question"].strip(), machine=raw.get("machine", "cpu"),
+                 seeds=seeds, jobs=jobs, experiments=tuple(experiments))

@@ -1,0 +1,1 @@
+"""The suites ``brims reproduce`` runs (YAML, one per suite; see brims_experiments.reproduce.suites)."""

@@ -1,0 +1,178 @@
+"""``brims reproduce`` and ``brims report``: suites, their runs, results, intervals, verdicts, and the
+README's generated tables checked against the committed ``results/``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from cli_support import brims
+
+from brims_experiments.reproduce.report import (
+    Estimate,
+    readme_block,
+    readme_section,
+    update_readme,
+    verdict,
+    write_report,
+)
+from brims_experiments.reproduce.runner import execute, plan, status
+from brims_experiments.reproduce.suites import Claim, load_suite, parse_suite, suite_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_ADDING = {
+    "task": "adding",
+    "data": {"train_length": 5, "test_lengths": [8], "train_sequences": 32, "validation_sequences": 16,
+             "test_sequences": 16, "batch_size": 16, "eval_batch_size": 16},
+    "model": {"embedding_size": 8, "core": {"kind": "brims", "compile": False, "brims": {
+        "hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
+        "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4}}},
+    "train": {"epochs": 1, "lr": 0.01, "checkpoint_every": 1, "validate_every": 1, "accelerator": "cpu",
+              "devices": 1},
+}
+
+
+def tiny_suite(tmp_path: Path):
+    preset = tmp_path / "tiny-adding.yaml"
+    preset.write_text(yaml.safe_dump(TINY_ADDING))
+    return parse_suite("tiny", {
+        "title": "tiny", "question": "Does the harness run?", "seeds": [0, 1], "jobs": 2,
+        "experiments": [{
+            "name": "adding", "preset": str(preset), "set": ["data.test_lengths=[10]"],
+            "models": {"lstm": ["model.core.kind=lstm"], "brims": []},
+            "better": "lower", "curve": "val/mse", "generalisation": "length", "generalisation_metric": "mse",
+            "conditions": [{"label": "MSE 5", "path": "length.5.mse"}, {"label": "MSE 10", "path": "length.10.mse"}],
+            "claims": [{"text": "BRIMs beat the LSTM at 10", "model": "brims", "baseline": "lstm",
+                        "condition": "MSE 10"}],
+        }],
+    })
+
+
+# ---- statistics and verdicts ----------------------------------------------------------------------
+
+
+def test_interval_is_students_t_over_seeds():
+    estimate = Estimate.of([1.0, 2.0, 3.0])  # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert estimate.mean == 2.0 and estimate.n == 3
+    assert estimate.half_width == pytest.approx(4.303 / math.sqrt(3))
+    assert estimate.format() == "2.0 ± 2.5"
+    single = Estimate.of([0.5])
+    assert math.isnan(single.half_width) and single.format() == "0.500"
+
+
+@pytest.mark.parametrize(("ours", "theirs", "better", "expected"), [
+    ([0.1, 0.11], [0.5, 0.52], "lower", "supported"),
+    ([0.5, 0.52], [0.1, 0.11], "lower", "contradicted"),
+    ([0.1, 0.5], [0.2, 0.3], "lower", "not answerable with these seeds (the intervals overlap)"),
+    ([0.9, 0.91], [0.5, 0.52], "higher", "supported"),
+    ([0.1], [0.5], "lower", "not answerable with one seed"),
+])
+def test_a_claim_is_decided_by_the_intervals(ours, theirs, better, expected):
+    table = {("a", "c"): Estimate.of(ours), ("b", "c"): Estimate.of(theirs)}
+    assert verdict(Claim("a beats b", "a", "b", "c"), table, better) == expected
+
+
+# ---- the packaged suites --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_every_run_of_every_suite_has_a_valid_config(name, tmp_path):
+    """Each planned run's preset and overrides build a config (a typo in a suite fails here, not hours in)."""
+    suite = load_suite(name)
+    runs = plan(suite, tmp_path / "runs", tmp_path / "results")
+    assert len(runs) == sum(len(e.models) for e in suite.experiments) * len(suite.seeds)
+    for run in runs:
+        config = run.config()
+        assert config.train.seed == run.seed
+        assert status(run, keep_results=False) == "new"
+    for experiment in suite.experiments:  # every model of an experiment: the same budget and data
+        budgets = {(c.train.epochs, c.train.max_steps, json.dumps(c.as_dict()["data"], sort_keys=True))
+                   for c in (r.config() for r in runs if r.experiment is experiment)}
+        assert len(budgets) == 1, experiment.name
+
+
+def test_quick_suite_answers_a_question_with_at_least_two_seeds_per_model():
+    suite = load_suite("quick")
+    assert len(suite.seeds) >= 2 and all(e.claims for e in suite.experiments)
+
+
+def test_an_unknown_suite_is_refused_with_the_list(capsys):
+    with pytest.raises(SystemExit) as stop:
+        brims("reproduce", "nope", "--dry-run")
+    assert stop.value.code == 2
+    assert "invalid choice: 'nope' (choose from 'quick'" in capsys.readouterr().err
+
+
+# ---- a tiny suite end to end ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("suite")
+    suite = tiny_suite(tmp_path)
+    runs = plan(suite, tmp_path / "runs", tmp_path / "results")
+    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
+    return suite, runs, session, tmp_path
+
+
+def test_reproduce_runs_every_model_and_seed_and_keeps_no_checkpoints(reproduced):
+    suite, runs, session, tmp_path = reproduced
+    assert set(session["runs"].values()) == {"finished"}, session["runs"]
+    for run in runs:
+        assert (run.result_dir / "metrics.json").is_file() and (run.result_dir / "config.yaml").is_file()
+        assert (run.result_dir / "logs" / "metrics.csv").is_file()
+        assert not list(run.result_dir.rglob("*.ckpt"))
+        assert json.loads((run.result_dir / "metrics.json").read_text())["checkpoint"] == "best.ckpt"
+
+
+def test_reproduce_again_skips_the_finished_runs(reproduced):
+    suite, runs, _, tmp_path = reproduced
+    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
+    assert set(session["runs"].values()) == {"finished before"}
+
+
+def test_results_alone_count_as_finished_only_when_asked(reproduced):
+    """On another machine (no run folders) a suite continues from its committed results with --keep-results."""
+    suite, _, _, tmp_path = reproduced
+    elsewhere = plan(suite, tmp_path / "other-runs", tmp_path / "results")
+    assert {status(run, keep_results=True) for run in elsewhere} == {"finished"}
+    assert {status(run, keep_results=False) for run in elsewhere} == {"new"}
+
+
+def test_the_report_and_the_readme_block_come_from_the_results(reproduced):
+    suite, runs, _, tmp_path = reproduced
+    results = tmp_path / "results" / "tiny"
+    report = write_report(suite, results).read_text()
+    assert "| lstm | 2 of 2 | 2 |" in report and "| brims | 2 of 2 | 2 |" in report
+    assert "BRIMs beat the LSTM at 10: **" in report
+    assert (results / "adding" / "learning.png").is_file() and (results / "adding" / "generalisation.png").is_file()
+    first = json.loads((runs[0].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]
+    second = json.loads((runs[2].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]
+    assert runs[0].model == runs[2].model == "lstm"
+    assert Estimate.of([first, second]).format() in report
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- suite tiny: generated by `brims report tiny --readme`, checked by the tests -->\n"
+                      "stale\n<!-- end of suite tiny -->\noutro\n")
+    assert update_readme(readme, suite, results)
+    assert readme_section(readme.read_text(), "tiny") == readme_block(suite, results)
+    assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
+
+
+# ---- the README against results/ -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", suite_names())
+def test_readme_tables_agree_with_the_committed_results(name):
+    """The README's generated block of each suite equals what ``brims report`` builds from results/."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme_section(readme, name)
+    results = ROOT / "results" / name
+    if section is None:
+        assert not results.is_dir(), f"results/{name} is committed but the README has no generated block for it"
+        return
+    assert section == readme_block(load_suite(name), results), (
+        f"README's tables for suite {name} differ from results/{name}: run `brims report {name} --readme README.md`")
