@@ -176,3 +176,12 @@ def test_readme_tables_agree_with_the_committed_results(name):
         return
     assert section == readme_block(load_suite(name), results), (
         f"README's tables for suite {name} differ from results/{name}: run `brims report {name} --readme README.md`")
+
+
+def test_a_metric_path_may_cross_keys_that_hold_dots():
+    from brims_experiments.reproduce.report import metric_at
+
+    metrics = {"noise": {"0.05": {"ppl": 170.5}}, "length": {"200": {"mse": 0.1}}}
+    assert metric_at(metrics, "noise.0.05.ppl") == 170.5 and metric_at(metrics, "length.200.mse") == 0.1
+    with pytest.raises(KeyError, match="noise.0.2.ppl: no"):
+        metric_at(metrics, "noise.0.2.ppl")

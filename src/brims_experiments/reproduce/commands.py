@@ -24,7 +24,9 @@ def add_commands(commands: Any) -> None:
     reproduce.add_argument("--jobs", type=int, help="runs at a time, one thread each (default: the suite's, "
                            "2 for the CPU suites)")
     reproduce.add_argument("--runs", default="runs", help="folder of the run folders (default: runs)")
-    reproduce.add_argument("--results", default="results", help="folder of the committed results (default: results)")
+    reproduce.add_argument("--results", default="runs/results", help="folder the results and report go to (default: "
+                           "runs/results; the project's committed results are in results/, written with --results "
+                           "results)")
     reproduce.add_argument("--keep-results", action="store_true",
                            help="count runs already in --results with the same config as finished (to continue a "
                            "suite on another machine); without it every run not finished under --runs is run")
@@ -36,7 +38,8 @@ def add_commands(commands: Any) -> None:
         description="Rebuild <results>/<suite>/README.md and its figures from the committed results, and with "
         "--readme the suite's generated block in that README (the tests check that block against results/).")
     report.add_argument("suite", choices=suite_names(), metavar="SUITE", help=f"one of {names}")
-    report.add_argument("--results", default="results", help="folder of the results (default: results)")
+    report.add_argument("--results", default="results", help="folder of the results (default: results, the "
+                        "committed ones)")
     report.add_argument("--readme", help="rewrite this README's generated block of the suite")
     report.set_defaults(handler=run_report, command_parser=report)
 
@@ -70,12 +73,17 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             print(f"  {states[run.name]:>8}  {run.name}  (~{run.experiment.minutes[run.model]:.0f} min)")
             print(f"            {run.command()}")
         print(f"estimated wall time for what is not finished, {jobs} at a time: "
-              f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates on 2 CPU cores)")
+              f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates"
+              + (", on one GPU)" if suite.machine == "gpu" else ", on 2 CPU cores)"))
         return 0
     args.run_folder = None
     session = execute(suite, runs, args.keep_results, jobs)
     record_session(results, session)
     _report(suite, results, args.readme, parser)
+    from brims_experiments.reproduce.report import readme_block
+
+    print()
+    print(readme_block(suite, results))
     failed = [name for name, outcome in session["runs"].items() if outcome.startswith("failed")]
     print(f"suite {suite.name}: {session['wall_seconds'] / 60:.1f} min"
           + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))

@@ -75,9 +75,17 @@ def _digits(size: float) -> int:
 
 
 def metric_at(metrics: dict[str, Any], path: str) -> float:
+    """The value at a dotted ``path``; a key may itself hold dots (``noise.0.05.ppl``: the key ``0.05``)."""
     value: Any = metrics
-    for part in path.split("."):
-        value = value[part]
+    parts = path.split(".")
+    while parts:
+        for take in range(1, len(parts) + 1):
+            key = ".".join(parts[:take])
+            if isinstance(value, dict) and key in value:
+                value, parts = value[key], parts[take:]
+                break
+        else:
+            raise KeyError(f"{path}: no {parts[0]!r} in the run's metrics")
     return float(value)
 
 
@@ -101,8 +109,18 @@ def load_results(results: Path, experiment: Experiment) -> dict[str, list[RunRes
 
 
 def estimates(found: dict[str, list[RunResult]], experiment: Experiment) -> dict[tuple[str, str], Estimate]:
-    return {(model, c.label): Estimate.of([metric_at(r.metrics, c.path) for r in runs])
-            for model, runs in found.items() if runs for c in experiment.conditions}
+    """Per (model, condition label) the estimate over its finished seeds; a condition its runs lack
+    (a suite's path that names no metric) is left out, and its cell says so."""
+    table = {}
+    for model, runs in found.items():
+        for condition in experiment.conditions:
+            try:
+                values = [metric_at(r.metrics, condition.path) for r in runs]
+            except KeyError:
+                continue
+            if values:
+                table[(model, condition.label)] = Estimate.of(values)
+    return table
 
 
 def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str) -> str:
@@ -133,7 +151,8 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
         steps = sorted({r.metrics.get("global_step") for r in runs})
         cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in steps),
                  f"{runs[0].metrics['parameters']:,}"]
-        cells += [table[(model, c.label)].format(c.scale) for c in experiment.conditions]
+        cells += [table[(model, c.label)].format(c.scale) if (model, c.label) in table else f"no {c.path}"
+                  for c in experiment.conditions]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"Mean ± 95% interval over seeds ({experiment.better} is better).")
