@@ -5,7 +5,9 @@ Everything here reads ``results/<suite>/`` (never the run folders), so the repor
 tables can be rebuilt, and checked, from what is in git. Intervals are Student-t 95% intervals of
 the mean over seeds (``mean ± t_{0.975, n-1} s / sqrt(n)``); with one seed there is no interval.
 A claim is *supported* when the model's interval lies wholly on the better side of the baseline's,
-*contradicted* when wholly on the worse side, and *not answerable with these seeds* otherwise.
+*contradicted* when wholly on the worse side, and *not answerable with these seeds* otherwise; each
+verdict also counts the seeds in which the model did better (models share seeds, so data order).
+Learning curves show the mean over seeds and, as a band, their range.
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ class Estimate:
 
     def format(self, scale: float = 1.0) -> str:
         mean, half = scale * self.mean, scale * self.half_width
-        # Two significant digits of the interval; three of a lone value.
-        digits = _digits(half) if self.n > 1 and half > 0 else min(5, _digits(abs(mean)) + 1)
+        # Two significant digits of the interval and of the mean; three of a lone value.
+        if self.n > 1 and half > 0:
+            digits = max(_digits(half), _digits(abs(mean)))
+        else:
+            digits = min(5, _digits(abs(mean)) + 1)
         text = f"{mean:.{digits}f}"
         if self.n > 1:
             text += f" ± {half:.{digits}f}"
@@ -123,18 +128,36 @@ def estimates(found: dict[str, list[RunResult]], experiment: Experiment) -> dict
     return table
 
 
-def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str) -> str:
+def seed_wins(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> tuple[int, int]:
+    """In how many of the seeds both models ran (the same data order) the model did better, and of how many."""
+    path = next(c.path for c in experiment.conditions if c.label == claim.condition)
+    ours = {r.seed: r for r in found.get(claim.model, [])}
+    theirs = {r.seed: r for r in found.get(claim.baseline, [])}
+    wins = total = 0
+    for seed in sorted(ours.keys() & theirs.keys()):
+        try:
+            a, b = metric_at(ours[seed].metrics, path), metric_at(theirs[seed].metrics, path)
+        except KeyError:
+            continue
+        total += 1
+        wins += a < b if experiment.better == "lower" else a > b
+    return wins, total
+
+
+def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str,
+            wins: tuple[int, int] | None = None) -> str:
     ours, theirs = table.get((claim.model, claim.condition)), table.get((claim.baseline, claim.condition))
     if ours is None or theirs is None:
         return "not run yet"
+    by_seed = f"; better in {wins[0]} of {wins[1]} seeds" if wins else ""
     if ours.n < 2 or theirs.n < 2:
-        return "not answerable with one seed"
+        return f"not answerable with one seed{by_seed}"
     lower_is_better = better == "lower"
     if (ours.high < theirs.low) if lower_is_better else (ours.low > theirs.high):
-        return "supported"
+        return f"supported{by_seed}"
     if (ours.low > theirs.high) if lower_is_better else (ours.high < theirs.low):
-        return "contradicted"
-    return "not answerable with these seeds (the intervals overlap)"
+        return f"contradicted{by_seed}"
+    return f"not answerable with these seeds (the 95% intervals overlap{by_seed})"
 
 
 def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str:
@@ -142,7 +165,7 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
     then each claim with its verdict."""
     found = load_results(results, experiment)
     table = estimates(found, experiment)
-    header = ["model", "seeds", "steps", "params", *(c.label for c in experiment.conditions)]
+    header = ["model", "seeds", "best step", "params", *(c.label for c in experiment.conditions)]
     lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
     for model, runs in found.items():
         if not runs:
@@ -157,7 +180,8 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
     lines.append("")
     lines.append(f"Mean ± 95% interval over seeds ({experiment.better} is better).")
     for claim in experiment.claims:
-        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better)}**.")
+        wins = seed_wins(claim, found, experiment)
+        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better, wins)}**.")
     return "\n".join(lines)
 
 
@@ -183,10 +207,10 @@ def plot_learning_curves(experiment: Experiment, found: dict[str, list[RunResult
         steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
         if not steps:
             continue
-        bands = [Estimate.of([c[s] for c in curves]) for s in steps]
-        axis.plot(steps, [b.mean for b in bands], label=f"{model} (n={len(curves)})")
-        if len(curves) > 1:
-            axis.fill_between(steps, [b.low for b in bands], [b.high for b in bands], alpha=0.25)
+        values = [[c[s] for c in curves] for s in steps]
+        axis.plot(steps, [sum(v) / len(v) for v in values], label=f"{model} (n={len(curves)})")
+        if len(curves) > 1:  # the range over seeds: with two or three seeds a t-interval would fill the plot
+            axis.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.25)
         drawn = True
     if not drawn:
         plt.close(figure)
@@ -195,36 +219,50 @@ def plot_learning_curves(experiment: Experiment, found: dict[str, list[RunResult
     axis.set_ylabel(experiment.curve_label)
     if experiment.better == "lower" and experiment.curve.endswith(("mse", "loss")):
         axis.set_yscale("log")
-    axis.set_title(f"{experiment.name}: mean over seeds, band = 95% interval")
+    axis.set_title(f"{experiment.name}: mean over seeds, band = their range")
     axis.legend()
     save_figure(figure, path)
     return path
 
 
 def plot_generalisation(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:
+    """Test metric against test length per model: every seed as a dot, the mean as a line, its 95%
+    interval as a bar (log scale for losses, bars clipped to positive values), and the trivial or
+    chance level when the task reports one."""
     if not experiment.generalisation:
         return None
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4))
-    drawn = False
+    log_scale = experiment.better == "lower"
+    drawn = None
     for model, runs in found.items():
         if not runs:
             continue
         lengths = sorted({int(length) for r in runs for length in r.metrics[experiment.generalisation]})
-        points = [Estimate.of([r.metrics[experiment.generalisation][str(n)][experiment.generalisation_metric]
-                               for r in runs]) for n in lengths]
-        errors = [0.0 if math.isnan(p.half_width) else p.half_width for p in points]
-        axis.errorbar(lengths, [p.mean for p in points], yerr=errors, marker="o", capsize=3,
-                      label=f"{model} (n={len(runs)})")
-        drawn = True
-    if not drawn:
+        values = [[r.metrics[experiment.generalisation][str(n)][experiment.generalisation_metric] for r in runs]
+                  for n in lengths]
+        points = [Estimate.of(v) for v in values]
+        means = [p.mean for p in points]
+        low = [max(p.low, 0.5 * min(v)) if log_scale else p.low for p, v in zip(points, values)]
+        line = axis.errorbar(lengths, means, yerr=[[m - lo for m, lo in zip(means, low)],
+                                                  [p.high - m for p, m in zip(points, means)]],
+                             marker="o", capsize=3, label=f"{model} (n={len(runs)})")
+        for n, v in zip(lengths, values):
+            axis.scatter([n] * len(v), v, s=12, alpha=0.5, color=line[0].get_color())
+        drawn = runs[0].metrics
+    if drawn is None:
         plt.close(figure)
         return None
+    for key, label in (("trivial_mse", "predict 1 (trivial)"), ("chance_copy_ce", "chance")):
+        if key in drawn:
+            axis.axhline(drawn[key], color="grey", linestyle=":", label=label)
+    if log_scale:
+        axis.set_yscale("log")
     axis.set_xlabel(f"test {experiment.generalisation}")
     axis.set_ylabel(f"test {experiment.generalisation_metric}")
-    axis.set_title(f"{experiment.name}: generalisation, 95% intervals")
-    axis.legend()
+    axis.set_title(f"{experiment.name}: generalisation (dots: seeds; bars: 95% intervals)")
+    axis.legend(fontsize=8)
     save_figure(figure, path)
     return path
 
