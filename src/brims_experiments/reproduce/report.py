@@ -165,15 +165,16 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
     then each claim with its verdict."""
     found = load_results(results, experiment)
     table = estimates(found, experiment)
-    header = ["model", "seeds", "best step", "params", *(c.label for c in experiment.conditions)]
-    lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
+    header = ["model", "seeds", "steps trained", "best step", "params", *(c.label for c in experiment.conditions)]
+    lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
     for model, runs in found.items():
         if not runs:
-            lines.append(f"| {model} | 0 of {len(suite.seeds)} | - | - |" + " - |" * len(experiment.conditions))
+            lines.append(f"| {model} | 0 of {len(suite.seeds)} | - | - | - |" + " - |" * len(experiment.conditions))
             continue
-        steps = sorted({r.metrics.get("global_step") for r in runs})
-        cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in steps),
-                 f"{runs[0].metrics['parameters']:,}"]
+        trained = sorted({trained_steps(r.metrics) for r in runs})
+        best = sorted({r.metrics.get("global_step") for r in runs})
+        cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in trained),
+                 "/".join(str(s) for s in best), f"{runs[0].metrics['parameters']:,}"]
         cells += [table[(model, c.label)].format(c.scale) if (model, c.label) in table else f"no {c.path}"
                   for c in experiment.conditions]
         lines.append("| " + " | ".join(cells) + " |")
@@ -183,6 +184,12 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
         wins = seed_wins(claim, found, experiment)
         lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better, wins)}**.")
     return "\n".join(lines)
+
+
+def trained_steps(metrics: dict[str, Any]) -> int | str:
+    """The steps a run trained for (its last session's end), or ``?`` for a record without sessions."""
+    sessions = metrics.get("train", {}).get("sessions", [])
+    return sessions[-1]["to_step"] if sessions else "?"
 
 
 def read_curve(folder: Path, column: str) -> dict[int, float]:

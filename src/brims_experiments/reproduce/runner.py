@@ -128,16 +128,17 @@ def machine() -> dict[str, Any]:
 
 
 def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
+    """Start the run's ``brims train`` process, its output appended to ``<run folder>.log``."""
     command = [sys.executable, "-m", "brims_experiments.cli", "train"]
     command += [str(run.run_dir)] if state == "started" else [run.experiment.preset, "--run-dir", str(run.run_dir),
                                                               "--set", *run.overrides]
     command.append("--no-progress")
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
-    output = open(run.run_dir.with_name(run.run_dir.name + ".log"), "a")
-    output.write(f"\n$ {' '.join(command)}\n")
-    output.flush()
-    # Its own process group: Ctrl-C reaches it once, from us, so that it saves and stops cleanly.
-    return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(run.run_dir.with_name(run.run_dir.name + ".log"), "a") as output:
+        output.write(f"\n$ {shlex.join(command)}\n")
+        output.flush()
+        # Its own process group: Ctrl-C reaches it once, from us, so that it saves and stops cleanly.
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print) -> dict[str, Any]:
