@@ -21,7 +21,8 @@ from brims_experiments.reproduce.report import (
     write_report,
 )
 from brims_experiments.reproduce.runner import execute, plan, status
-from brims_experiments.reproduce.suites import Claim, load_suite, parse_suite, suite_names
+from brims_experiments.reproduce.suites import Claim, load_suite, parse_suite
+from brims_experiments.suites import suite_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from brims_experiments.reproduce.suites import suite_names
+from brims_experiments.suites import suite_names
 
 
 def add_commands(commands: Any) -> None:

@@ -10,15 +10,13 @@ on one condition. Every model of an experiment gets the same seeds, budget and d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from brims_experiments.runs import ConfigError, require
-
-SUITES_PACKAGE = "brims_experiments.suites"
+from brims_experiments.suites import suite_names, suite_text
 
 
 @dataclass(frozen=True)
@@ -71,17 +69,12 @@ class Suite:
     experiments: tuple[Experiment, ...]
 
 
-def suite_names() -> list[str]:
-    return sorted(Path(p.name).stem for p in resources.files(SUITES_PACKAGE).iterdir() if p.name.endswith(".yaml"))
-
-
 def load_suite(name: str) -> Suite:
     """The suite ``name`` (one of :func:`suite_names`), validated; errors name the field."""
     names = suite_names()
     if name not in names:
         raise ConfigError(f"unknown suite {name!r}; the suites are {', '.join(names)}")
-    text = resources.files(SUITES_PACKAGE).joinpath(f"{name}.yaml").read_text()
-    return parse_suite(name, yaml.safe_load(text))
+    return parse_suite(name, yaml.safe_load(suite_text(name)))
 
 
 def _strings(where: str, value: Any) -> tuple[str, ...]:
