@@ -140,7 +140,7 @@ def seed_wins(claim: Claim, found: dict[str, list[RunResult]], experiment: Exper
         except KeyError:
             continue
         total += 1
-        wins += a < b if experiment.better == "lower" else a > b
+        wins += a < b if experiment.better_of(claim.condition) == "lower" else a > b
     return wins, total
 
 
@@ -179,10 +179,16 @@ def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str
                   for c in experiment.conditions]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append(f"Mean ± 95% interval over seeds ({experiment.better} is better).")
+    higher = [c.label for c in experiment.conditions if experiment.better_of(c.label) == "higher"]
+    lower = [c.label for c in experiment.conditions if experiment.better_of(c.label) == "lower"]
+    if higher and lower:
+        direction = f"lower is better for {', '.join(lower)}; higher for {', '.join(higher)}"
+    else:
+        direction = f"{'higher' if higher else 'lower'} is better"
+    lines.append(f"Mean ± 95% interval over seeds ({direction}).")
     for claim in experiment.claims:
         wins = seed_wins(claim, found, experiment)
-        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better, wins)}**.")
+        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better_of(claim.condition), wins)}**.")
     return "\n".join(lines)
 
 

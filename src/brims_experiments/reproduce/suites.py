@@ -26,6 +26,7 @@ class Condition:
     label: str
     path: str
     scale: float = 1.0  # shown as scale * value (100 for a share in %)
+    better: str | None = None  # "lower" or "higher"; None: the experiment's
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Experiment:
     claims: tuple[Claim, ...]
     minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
     note: str
+
+    def better_of(self, label: str) -> str:
+        """Whether lower or higher is better for the condition ``label``."""
+        return next(c.better or self.better for c in self.conditions if c.label == label)
 
     def overrides_for(self, model: str, seed: int) -> list[str]:
         return [*self.overrides, *self.models[model], f"train.seed={seed}", "train.threads=1"]
@@ -101,7 +106,9 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
         for claim in claims:
             require(claim.model in models and claim.baseline in models, f"{where}: claim names an unknown model")
             require(claim.condition in labels, f"{where}: claim names an unknown condition {claim.condition!r}")
-        require(item.get("better") in ("lower", "higher"), f"{where}: better must be lower or higher")
+        require(item.get("better") in ("lower", "higher") and all(c.better in (None, "lower", "higher")
+                                                                  for c in conditions),
+                f"{where}: better must be lower or higher")
         minutes = {model: float(item.get("minutes", {}).get(model, 5.0)) for model in models}
         experiments.append(Experiment(
             name=item["name"], preset=item["preset"], overrides=_strings(f"{where}, set", item.get("set", [])),
