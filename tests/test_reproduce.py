@@ -187,3 +187,13 @@ def test_a_metric_path_may_cross_keys_that_hold_dots():
     assert metric_at(metrics, "noise.0.05.ppl") == 170.5 and metric_at(metrics, "length.200.mse") == 0.1
     with pytest.raises(KeyError, match="noise.0.2.ppl: no"):
         metric_at(metrics, "noise.0.2.ppl")
+
+
+def test_dry_run_lists_every_run_with_its_command_and_the_estimate(tmp_path, capsys):
+    assert brims("reproduce", "quick", "--dry-run", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results")) == 0
+    out = capsys.readouterr().out
+    assert out.count("       new  adding/") == 6
+    assert "brims train adding-cpu --run-dir" in out and "train.seed=1 train.threads=1" in out
+    assert "estimated wall time for what is not finished, 2 at a time:" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
