@@ -106,6 +106,12 @@ def _check_device(x: Tensor) -> None:
         )
 
 
+def _step_inputs(h: Tensor, *tensors: Tensor | None) -> list[Tensor]:
+    """The kernels' leading arguments, ``h, c, slots, keep masks, weights``: what a specialisation
+    does not read (GRU's ``c``, no dropout, no communication) is None, passed as ``h``'s pointer."""
+    return [h, *(t if t is not None else h for t in tensors)]
+
+
 def _grid(batch: int) -> tuple[int]:
     return ((batch + BLOCK_B - 1) // BLOCK_B,)
 
@@ -132,12 +138,9 @@ class FusedLayerStep(torch.autograd.Function):
         qkv = new(n, batch, sizes.qkv) if sizes.HAS_COMM else null
         lse = new(n, batch, sizes.H2) if sizes.HAS_COMM else null
         read = new(n, batch, sizes.H2 * sizes.V2) if sizes.HAS_COMM else null
-        absent = h  # a pointer for arguments the specialised kernel never reads
-        weights = [w if w is not None else absent for w in (wq, wih, whh, bias, bias_hn, wqkv, wout, bout)]
         kernels.layer_step_forward[_grid(batch)](
-            h, c if not sizes.IS_GRU else absent, slots, *weights,
-            keep_in if keep_in is not None else absent, keep_comm if keep_comm is not None else absent,
-            h_out, c_out if not sizes.IS_GRU else absent, active, attention,
+            *_step_inputs(h, c, slots, wq, wih, whh, bias, bias_hn, wqkv, wout, bout, keep_in, keep_comm),
+            h_out, c_out if not sizes.IS_GRU else h, active, attention,
             query, attended, gates, hidden_gates, h_proposed, null, qkv, lse, read,
             batch, **sizes.constants(keep_in is not None, keep_comm is not None),
         )
@@ -170,11 +173,8 @@ class FusedLayerStep(torch.autograd.Function):
         dattended = torch.empty_like(attended)
         dlogit = new(n, batch, sizes.H, sizes.S)
         kept = torch.empty_like(dlogit)
-        absent = h
-        weights = [w if w is not None else absent for w in (wq, wih, whh, bias, bias_hn, wqkv, wout, bout)]
         kernels.layer_step_backward[_grid(batch)](
-            h, c if not sizes.IS_GRU else absent, slots, *weights,
-            keep_in if keep_in is not None else absent, keep_comm if keep_comm is not None else absent,
+            *_step_inputs(h, c, slots, wq, wih, whh, bias, bias_hn, wqkv, wout, bout, keep_in, keep_comm),
             active, query, attended, gates, hidden_gates, qkv, lse, read,
             grad_h, grad_c, dh, dc, dslots, dquery, dgates, dhidden_gates, dqkv, dout,
             dread, delta, dattended, dlogit, kept,

@@ -66,8 +66,8 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--jobs must be >= 1")
     results = Path(args.results) / suite.name
     runs = plan(suite, Path(args.runs), Path(args.results))
-    states = {run.name: status(run, args.keep_results) for run in runs}
     if args.dry_run:
+        states = {run.name: status(run, args.keep_results) for run in runs}
         print(f"suite {suite.name}: {suite.title}")
         for run in runs:
             print(f"  {states[run.name]:>8}  {run.name}  (~{run.experiment.minutes[run.model]:.0f} min)")

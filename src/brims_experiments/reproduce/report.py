@@ -160,10 +160,9 @@ def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str,
     return f"not answerable with these seeds (the 95% intervals overlap{by_seed})"
 
 
-def experiment_table(suite: Suite, experiment: Experiment, results: Path) -> str:
-    """Markdown: one row per model (seeds, steps, parameters, each condition's mean ± 95% interval),
-    then each claim with its verdict."""
-    found = load_results(results, experiment)
+def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
+    """Markdown: one row per model (seeds, steps, parameters, each condition's mean ± 95% interval)
+    of the runs ``found`` (:func:`load_results`), then each claim with its verdict."""
     table = estimates(found, experiment)
     header = ["model", "seeds", "steps trained", "best step", "params", *(c.label for c in experiment.conditions)]
     lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
@@ -287,7 +286,7 @@ def readme_block(suite: Suite, results: Path) -> str:
         parts.append(f"**{experiment.name}** (`{experiment.preset}`" + (f" {' '.join(experiment.overrides)}"
                                                                          if experiment.overrides else "") + ")")
         parts.append("")
-        parts.append(experiment_table(suite, experiment, results))
+        parts.append(experiment_table(suite, experiment, load_results(results, experiment)))
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
 
@@ -330,7 +329,7 @@ def write_report(suite: Suite, results: Path) -> Path:
         lines += [f"## {experiment.name}", ""]
         if experiment.note:
             lines += [experiment.note, ""]
-        lines += [experiment_table(suite, experiment, results), ""]
+        lines += [experiment_table(suite, experiment, found), ""]
         for kind, plot in (("learning", plot_learning_curves), ("generalisation", plot_generalisation)):
             figure = plot(experiment, found, results / experiment.name / f"{kind}.png")
             if figure is not None:

@@ -10,7 +10,6 @@ on one condition. Every model of an experiment gets the same seeds, budget and d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -88,7 +87,7 @@ def _strings(where: str, value: Any) -> tuple[str, ...]:
 
 
 def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
-    from brims_experiments.train.commands import preset_names
+    from brims_experiments.train.commands import resolve_config
 
     require(isinstance(raw, dict), f"suite {name}: not a mapping")
     seeds = tuple(raw.get("seeds", ()))
@@ -96,8 +95,10 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
     experiments = []
     for index, item in enumerate(raw.get("experiments", [])):
         where = f"suite {name}, experiment {item.get('name', index)}"
-        preset = str(item.get("preset"))
-        require(preset in preset_names() or Path(preset).is_file(), f"{where}: unknown preset {preset!r}")
+        try:
+            resolve_config(str(item.get("preset")))
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
         models = {model: _strings(f"{where}, model {model}", overrides or [])
                   for model, overrides in item["models"].items()}
         conditions = tuple(Condition(**c) for c in item["conditions"])

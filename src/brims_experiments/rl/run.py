@@ -118,10 +118,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     # nothing that blocks the corrected command.
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces
     device = check_device(config.train.device, "train.device")
-    try:
-        config.model.core.check_device(device.type, "train.device=cuda")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    config.model.core.check_device(device.type, "train.device=cuda")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)

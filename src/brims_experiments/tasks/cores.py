@@ -85,12 +85,14 @@ class CoreConfig:
 
     def check_device(self, device_type: str, setting: str) -> None:
         """Refuse, before a run starts, a backend that ``device_type`` cannot run (``setting`` names the fix)."""
+        from brims_experiments.runs import ConfigError  # the training stack, not needed to import this module
+
         if self.kind == "lstm" or self.option("backend") != "triton":
             return
         if importlib.util.find_spec("triton") is None:
-            raise ValueError("model.core.brims.backend=triton needs the triton package: pip install 'brims[triton]'")
+            raise ConfigError("model.core.brims.backend=triton needs the triton package: pip install 'brims[triton]'")
         if device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
+            raise ConfigError(
                 f"model.core.brims.backend=triton runs its kernels on a CUDA GPU: set {setting}, or use "
                 "model.core.brims.backend=torch on a CPU"
             )

@@ -155,14 +155,11 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
     # nothing that blocks the corrected command.
     make_task(config).check_data()  # missing or corrupted data
-    on_gpu = config.train.accelerator in ("gpu", "cuda") or (
-        config.train.accelerator == "auto" and torch.cuda.is_available())
-    if config.train.accelerator in ("gpu", "cuda"):
+    asks_gpu = config.train.accelerator in ("gpu", "cuda")
+    if asks_gpu:
         check_device("cuda", f"train.accelerator={config.train.accelerator}: the device")
-    try:
-        config.model.core.check_device("cuda" if on_gpu else "cpu", "train.accelerator=gpu")
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+    on_gpu = asks_gpu or (config.train.accelerator == "auto" and torch.cuda.is_available())
+    config.model.core.check_device("cuda" if on_gpu else "cpu", "train.accelerator=gpu")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
