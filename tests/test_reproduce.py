@@ -13,6 +13,7 @@ import yaml
 from cli_support import brims
 
 from brims_experiments.reproduce.report import (
+    Comparison,
     Estimate,
     readme_block,
     readme_section,
@@ -20,7 +21,7 @@ from brims_experiments.reproduce.report import (
     verdict,
     write_report,
 )
-from brims_experiments.reproduce.runner import execute, plan, status
+from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
 from brims_experiments.reproduce.suites import Claim, load_suite, parse_suite
 from brims_experiments.suites import suite_names
 
@@ -69,13 +70,42 @@ def test_interval_is_students_t_over_seeds():
 @pytest.mark.parametrize(("ours", "theirs", "better", "expected"), [
     ([0.1, 0.11], [0.5, 0.52], "lower", "supported"),
     ([0.5, 0.52], [0.1, 0.11], "lower", "contradicted"),
-    ([0.1, 0.5], [0.2, 0.3], "lower", "not answerable with these seeds (the 95% intervals overlap)"),
+    ([0.1, 0.5], [0.2, 0.3], "lower", "not answerable with these seeds"),
     ([0.9, 0.91], [0.5, 0.52], "higher", "supported"),
+    ([0.5, 0.52], [0.9, 0.91], "higher", "contradicted"),
     ([0.1], [0.5], "lower", "not answerable with one seed"),
+    ([], [], "lower", "not run yet"),
 ])
-def test_a_claim_is_decided_by_the_intervals(ours, theirs, better, expected):
-    table = {("a", "c"): Estimate.of(ours), ("b", "c"): Estimate.of(theirs)}
-    assert verdict(Claim("a beats b", "a", "b", "c"), table, better) == expected
+def test_a_claim_is_decided_by_the_interval_of_its_per_seed_effect(ours, theirs, better, expected):
+    assert verdict(Claim("a beats b", "a", "b", "c"), list(zip(ours, theirs)), better).startswith(expected)
+
+
+def test_seeds_are_paired_so_a_consistent_effect_is_found_across_widely_spread_seeds():
+    """Each seed's loss is half the baseline's while the seeds span two orders of magnitude: the two
+    models' intervals overlap, the interval of the per-seed ratio (exactly 0.5) does not."""
+    ours, theirs = [0.1, 1.0, 10.0], [0.2, 2.0, 20.0]
+    assert Estimate.of(ours).high > Estimate.of(theirs).low
+    judged = verdict(Claim("a beats b", "a", "b", "c"), list(zip(ours, theirs)), "lower")
+    assert judged == "supported (ratio 0.50, 95% interval 0.50 to 0.50; better in 3 of 3 seeds)"
+
+
+def test_differences_are_judged_in_the_conditions_scale_and_losses_that_can_be_zero_as_differences():
+    accuracy = verdict(Claim("a", "a", "b", "c"), [(0.9, 0.5), (0.8, 0.5), (0.7, 0.5)], "higher", scale=100)
+    assert accuracy == "supported (difference 30, 95% interval 5.2 to 55; better in 3 of 3 seeds)"
+    with_zero = Comparison.of([(0.0, 0.5), (0.1, 0.5)], "lower")
+    assert not with_zero.as_ratio and with_zero.effect.mean == pytest.approx(-0.45)
+
+
+def test_a_claims_pairs_are_the_seeds_both_models_finished(tmp_path):
+    from brims_experiments.reproduce.report import RunResult, paired_values
+
+    suite = tiny_suite(tmp_path)
+    experiment = suite.experiments[0]
+    claim = experiment.claims[0]  # brims against lstm on "MSE 10"
+    run = lambda model, seed, mse: RunResult(model, seed, tmp_path, {"length": {"10": {"mse": mse}}})  # noqa: E731
+    found = {"lstm": [run("lstm", 0, 0.5), run("lstm", 2, 0.7)],
+             "brims": [run("brims", 0, 0.1), run("brims", 1, 0.2), run("brims", 2, 0.3)]}
+    assert paired_values(claim, found, experiment) == [(0.1, 0.5), (0.3, 0.7)]
 
 
 # ---- the packaged suites --------------------------------------------------------------------------
@@ -97,9 +127,12 @@ def test_every_run_of_every_suite_has_a_valid_config(name, tmp_path):
         assert len(budgets) == 1, experiment.name
 
 
-def test_quick_suite_answers_a_question_with_at_least_two_seeds_per_model():
+def test_quick_suite_answers_a_question_with_three_seeds_per_model_in_its_time():
+    """Two seeds cannot answer (t with one degree of freedom is 12.7); the estimate fits the 15 minutes."""
     suite = load_suite("quick")
-    assert len(suite.seeds) >= 2 and all(e.claims for e in suite.experiments)
+    assert len(suite.seeds) >= 3 and all(e.claims for e in suite.experiments)
+    runs = plan(suite, Path("runs"), Path("results"))
+    assert estimate_minutes(runs, {run.name: "new" for run in runs}, suite.jobs) <= 13
 
 
 def test_an_unknown_suite_is_refused_with_the_list(capsys):
@@ -117,12 +150,14 @@ def reproduced(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("suite")
     suite = tiny_suite(tmp_path)
     runs = plan(suite, tmp_path / "runs", tmp_path / "results")
-    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
-    return suite, runs, session, tmp_path
+    records = []
+    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None,
+                      record=lambda record: records.append(json.loads(json.dumps(record))))
+    return suite, runs, session, tmp_path, records
 
 
 def test_reproduce_runs_every_model_and_seed_and_keeps_no_checkpoints(reproduced):
-    suite, runs, session, tmp_path = reproduced
+    suite, runs, session, tmp_path, _ = reproduced
     assert set(session["runs"].values()) == {"finished"}, session["runs"]
     for run in runs:
         assert (run.result_dir / "metrics.json").is_file() and (run.result_dir / "config.yaml").is_file()
@@ -131,26 +166,42 @@ def test_reproduce_runs_every_model_and_seed_and_keeps_no_checkpoints(reproduced
         assert json.loads((run.result_dir / "metrics.json").read_text())["checkpoint"] == "best.ckpt"
 
 
+def test_a_session_is_on_record_from_its_start_and_after_every_run(reproduced):
+    """A session killed midway leaves its record up to its last finished run (``ended`` false)."""
+    suite, runs, session, tmp_path, records = reproduced
+    assert len(records) == 1 + len(runs) + 1  # the start, each run, the end
+    assert records[0]["runs"] == {} and records[0]["ended"] is False
+    assert [sum(o == "finished" for o in r["runs"].values()) for r in records[1:-1]] == list(range(1, len(runs) + 1))
+    assert records[-1]["ended"] is True and records[-1] == json.loads(json.dumps(session))
+    assert len({r["started_at"] for r in records}) == 1
+    results = tmp_path / "record"
+    for record in records:
+        record_session(results, record)
+    record_session(results, {**records[-1], "started_at": "later"})
+    stored = json.loads((results / "suite.json").read_text())["sessions"]
+    assert [s["started_at"] for s in stored] == [records[0]["started_at"], "later"] and stored[0]["ended"] is True
+
+
 def test_reproduce_again_skips_the_finished_runs(reproduced):
-    suite, runs, _, tmp_path = reproduced
+    suite, runs, _, tmp_path, _ = reproduced
     session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
     assert set(session["runs"].values()) == {"finished before"}
 
 
 def test_results_alone_count_as_finished_only_when_asked(reproduced):
     """On another machine (no run folders) a suite continues from its committed results with --keep-results."""
-    suite, _, _, tmp_path = reproduced
+    suite, _, _, tmp_path, _ = reproduced
     elsewhere = plan(suite, tmp_path / "other-runs", tmp_path / "results")
     assert {status(run, keep_results=True) for run in elsewhere} == {"finished"}
     assert {status(run, keep_results=False) for run in elsewhere} == {"new"}
 
 
 def test_the_report_and_the_readme_block_come_from_the_results(reproduced):
-    suite, runs, _, tmp_path = reproduced
+    suite, runs, _, tmp_path, _ = reproduced
     results = tmp_path / "results" / "tiny"
     report = write_report(suite, results).read_text()
     assert "| lstm | 2 of 2 |" in report and "| brims | 2 of 2 |" in report
-    assert re.search(r"BRIMs beat the LSTM at 10: \*\*.*better in [012] of 2 seeds", report)
+    assert re.search(r"BRIMs beat the LSTM at 10: \*\*.*ratio .*, 95% interval .*; better in [012] of 2 seeds", report)
     assert (results / "adding" / "learning.png").is_file() and (results / "adding" / "generalisation.png").is_file()
     first = json.loads((runs[0].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]
     second = json.loads((runs[2].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,12 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
               + (", on one GPU)" if suite.machine == "gpu" else ", on 2 CPU cores)"))
         return 0
     args.run_folder = None
-    session = execute(suite, runs, args.keep_results, jobs)
-    record_session(results, session)
+    try:
+        session = execute(suite, runs, args.keep_results, jobs, record=lambda record: record_session(results, record))
+    except KeyboardInterrupt:
+        print(f"suite {suite.name}: interrupted; the runs saved their checkpoints, and `brims reproduce "
+              f"{suite.name}` resumes them", file=sys.stderr)
+        return 130
     _report(suite, results, args.readme, parser)
     from brims_experiments.reproduce.report import readme_block
 

@@ -4,9 +4,12 @@ claims each table tests, learning and generalisation curves, and the README's bl
 Everything here reads ``results/<suite>/`` (never the run folders), so the report and the README's
 tables can be rebuilt, and checked, from what is in git. Intervals are Student-t 95% intervals of
 the mean over seeds (``mean ± t_{0.975, n-1} s / sqrt(n)``); with one seed there is no interval.
-A claim is *supported* when the model's interval lies wholly on the better side of the baseline's,
-*contradicted* when wholly on the worse side, and *not answerable with these seeds* otherwise; each
-verdict also counts the seeds in which the model did better (models share seeds, so data order).
+A claim (model beats baseline on one condition) is judged on the seeds both models ran, paired by
+seed (runs of one seed share their data order): the per-seed effect is the log ratio of model to
+baseline where lower is better and the difference where higher is better. The claim is *supported*
+when the 95% interval of the mean effect lies wholly on the model's better side, *contradicted*
+when wholly on its worse side, and *not answerable with these seeds* otherwise. Each verdict shows
+the effect with its interval and counts the seeds in which the model did better.
 Learning curves show the mean over seeds and, as a band, their range.
 """
 
@@ -128,36 +131,73 @@ def estimates(found: dict[str, list[RunResult]], experiment: Experiment) -> dict
     return table
 
 
-def seed_wins(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> tuple[int, int]:
-    """In how many of the seeds both models ran (the same data order) the model did better, and of how many."""
+def paired_values(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> list[tuple[float, float]]:
+    """(model, baseline) values of the claim's condition in each seed both models ran, in seed order:
+    runs of one seed share their data order, so a seed is a pair."""
     path = next(c.path for c in experiment.conditions if c.label == claim.condition)
     ours = {r.seed: r for r in found.get(claim.model, [])}
     theirs = {r.seed: r for r in found.get(claim.baseline, [])}
-    wins = total = 0
+    pairs = []
     for seed in sorted(ours.keys() & theirs.keys()):
         try:
-            a, b = metric_at(ours[seed].metrics, path), metric_at(theirs[seed].metrics, path)
+            pairs.append((metric_at(ours[seed].metrics, path), metric_at(theirs[seed].metrics, path)))
         except KeyError:
             continue
-        total += 1
-        wins += a < b if experiment.better_of(claim.condition) == "lower" else a > b
-    return wins, total
+    return pairs
 
 
-def verdict(claim: Claim, table: dict[tuple[str, str], Estimate], better: str,
-            wins: tuple[int, int] | None = None) -> str:
-    ours, theirs = table.get((claim.model, claim.condition)), table.get((claim.baseline, claim.condition))
-    if ours is None or theirs is None:
+def _two_digits(value: float) -> str:
+    """Two significant digits, in scientific notation outside 1e-4 .. 1e5 (ratios can be extreme)."""
+    if value and not 1e-4 <= abs(value) < 1e5:
+        return f"{value:.1e}"
+    return f"{value:.{_digits(value)}f}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A claim's evidence: the 95% interval of the per-seed effect of model against baseline, and in
+    how many seeds the model did better.
+
+    Where lower is better (losses, errors: positive, and spread over orders of magnitude between
+    seeds) the effect is the log ratio ``ln(model / baseline)``, shown as the ratio; where higher is
+    better (accuracies) it is the difference ``model - baseline``, in the condition's scale.
+    """
+
+    effect: Estimate
+    as_ratio: bool
+    wins: int
+
+    @classmethod
+    def of(cls, pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> Comparison:
+        lower_is_better = better == "lower"
+        as_ratio = lower_is_better and all(a > 0 and b > 0 for a, b in pairs)
+        effects = [math.log(a / b) if as_ratio else scale * (a - b) for a, b in pairs]
+        wins = sum(a < b if lower_is_better else a > b for a, b in pairs)
+        return cls(Estimate.of(effects), as_ratio, wins)
+
+    def describe(self) -> str:
+        effect, shown = self.effect, (math.exp if self.as_ratio else float)
+        text = f"{'ratio' if self.as_ratio else 'difference'} {_two_digits(shown(effect.mean))}"
+        if effect.n > 1:
+            text += f", 95% interval {_two_digits(shown(effect.low))} to {_two_digits(shown(effect.high))}"
+        return text + f"; better in {self.wins} of {effect.n} seeds"
+
+
+def verdict(claim: Claim, pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> str:
+    """*supported* when the 95% interval of the per-seed effect (:class:`Comparison`) lies wholly on
+    the model's better side, *contradicted* when wholly on its worse side, else *not answerable*."""
+    if not pairs:
         return "not run yet"
-    by_seed = f"; better in {wins[0]} of {wins[1]} seeds" if wins else ""
-    if ours.n < 2 or theirs.n < 2:
-        return f"not answerable with one seed{by_seed}"
+    comparison = Comparison.of(pairs, better, scale)
+    evidence, effect = comparison.describe(), comparison.effect
+    if effect.n < 2:
+        return f"not answerable with one seed ({evidence})"
     lower_is_better = better == "lower"
-    if (ours.high < theirs.low) if lower_is_better else (ours.low > theirs.high):
-        return f"supported{by_seed}"
-    if (ours.low > theirs.high) if lower_is_better else (ours.high < theirs.low):
-        return f"contradicted{by_seed}"
-    return f"not answerable with these seeds (the 95% intervals overlap{by_seed})"
+    if (effect.high < 0) if lower_is_better else (effect.low > 0):
+        return f"supported ({evidence})"
+    if (effect.low > 0) if lower_is_better else (effect.high < 0):
+        return f"contradicted ({evidence})"
+    return f"not answerable with these seeds ({evidence})"
 
 
 def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
@@ -184,11 +224,40 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
         direction = f"lower is better for {', '.join(lower)}; higher for {', '.join(higher)}"
     else:
         direction = f"{'higher' if higher else 'lower'} is better"
-    lines.append(f"Mean ± 95% interval over seeds ({direction}).")
+    where = standing(experiment, found)
+    if where:
+        lines += [where, ""]
+    lines.append(f"Mean ± 95% interval over seeds ({direction}). Each claim is judged on the 95% interval, over the "
+                 "seeds both models ran, of the model's ratio to the baseline where lower is better, of its "
+                 "difference from it where higher is better.")
     for claim in experiment.claims:
-        wins = seed_wins(claim, found, experiment)
-        lines.append(f"- {claim.text}: **{verdict(claim, table, experiment.better_of(claim.condition), wins)}**.")
+        condition = next(c for c in experiment.conditions if c.label == claim.condition)
+        judged = verdict(claim, paired_values(claim, found, experiment), experiment.better_of(claim.condition),
+                         condition.scale)
+        lines.append(f"- {claim.text}: **{judged}**.")
     return "\n".join(lines)
+
+
+def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str | None:
+    """Where each model's validation curve ends and how far it moved over the last quarter of its
+    steps (means over seeds): a model still moving at the end has not converged at this budget."""
+    parts = []
+    for model, runs in found.items():
+        ends, moves = [], []
+        for run in runs:
+            curve = read_curve(run.folder, experiment.curve)
+            if len(curve) < 2:
+                continue
+            last = max(curve)
+            quarter = max((s for s in curve if s <= 0.75 * last), default=min(curve))
+            ends.append(curve[last])
+            moves.append(curve[last] - curve[quarter])
+        if ends:
+            parts.append(f"{model} {sum(ends) / len(ends):.3g} ({sum(moves) / len(moves):+.2g})")
+    if not parts:
+        return None
+    return (f"Where the models stand: {experiment.curve_label} at the last validation (mean over seeds), and in "
+            f"brackets its change over the last quarter of training: {', '.join(parts)}.")
 
 
 def trained_steps(metrics: dict[str, Any]) -> int | str:
@@ -352,13 +421,17 @@ def write_report(suite: Suite, results: Path) -> Path:
                 f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
             lines.append("")
     if sessions:
-        lines += ["## Sessions", "", "| started (UTC) | wall | jobs | machine | versions | runs finished |",
-                  "|---|---:|---:|---|---|---:|"]
+        lines += ["## Sessions", "", "One row per `brims reproduce` invocation; a session whose end is \"no\" was killed "
+                  "(its wall time is up to its last finished run).", "",
+                  "| started (UTC) | wall | ended | jobs | machine | versions | runs finished |",
+                  "|---|---:|---|---:|---|---|---:|"]
         for session in sessions:
             m = session["machine"]
             hardware = f"{m['cpu']}, {m['cores']} cores" + (f", {m['gpu']}" if m.get("gpu") else "")
             finished = sum(1 for outcome in session["runs"].values() if outcome == "finished")
-            lines.append(f"| {session['started_at']} | {session['wall_seconds'] / 60:.1f} min | {session['jobs']} | "
+            ended = {True: "yes", False: "no"}.get(session.get("ended", True), session.get("ended"))
+            lines.append(f"| {session['started_at']} | {session['wall_seconds'] / 60:.1f} min | {ended} | "
+                         f"{session['jobs']} | "
                          f"{hardware} | brims {m['brims']}, torch {m['torch']}, lightning {m['lightning']} | "
                          f"{finished} |")
         lines.append("")

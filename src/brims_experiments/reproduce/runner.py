@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from brims_experiments.reproduce.suites import Experiment, Suite
 from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE, ConfigError, atomic_write_text
@@ -141,16 +141,28 @@ def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print) -> dict[str, Any]:
+def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print,
+            record: Callable[[dict[str, Any]], None] = lambda session: None) -> dict[str, Any]:
     """Run what is not finished, ``jobs`` at a time; collect every finished run. Returns this
-    session's record: its wall time and each run's outcome."""
-    started_at, start = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
+    session's record (its wall time, machine and each run's outcome), also handed to ``record`` at
+    the start and after every run, so that a session killed midway is still on record (its
+    ``ended`` stays false; an interrupted one says ``interrupted``)."""
+    start = time.perf_counter()
+    session: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "wall_seconds": 0.0, "jobs": jobs, "machine": machine(), "ended": False, "runs": {}}
     states = {run.name: status(run, keep_results) for run in runs}
     waiting = [run for run in runs if states[run.name] != "finished"]
     for run in runs:
         if states[run.name] == "finished" and (run.run_dir / METRICS_FILE).is_file():
             collect(run)  # a run finished earlier whose results folder may be stale
-    outcome = {run.name: "finished before" for run in runs if states[run.name] == "finished"}
+    outcome = session["runs"]
+    outcome.update({run.name: "finished before" for run in runs if states[run.name] == "finished"})
+
+    def update(ended: bool | str = False) -> None:
+        session["wall_seconds"], session["ended"] = round(time.perf_counter() - start, 1), ended
+        record(session)
+
+    update()
     say(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(waiting)} finished before, {len(waiting)} to run, "
         f"{jobs} at a time")
     running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
@@ -176,29 +188,33 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
                     outcome[name] = f"failed (exit {process.returncode})"
                     say(f"  [{done}/{len(runs)}] FAILED {name} (exit {process.returncode}): see "
                         f"{run.run_dir.with_name(run.run_dir.name + '.log')}")
+                update()
     except KeyboardInterrupt:
         for run, process, _ in running.values():
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGINT)  # each saves its last checkpoint
         for run, process, _ in running.values():
             process.wait()
+        update("interrupted")
         raise
-    return {"started_at": started_at, "wall_seconds": round(time.perf_counter() - start, 1), "jobs": jobs,
-            "machine": machine(), "runs": outcome}
+    update(True)
+    return session
 
 
 def record_session(results: Path, session: dict[str, Any]) -> None:
-    """Append this invocation to ``<results>/<suite>/suite.json`` (the suite's sessions, machines, wall times)."""
+    """Write this invocation into ``<results>/<suite>/suite.json`` (the suite's sessions, machines,
+    wall times), replacing its earlier record (the same start) or appending it."""
     path = results / SUITE_RECORD
     sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    sessions = [s for s in sessions if s["started_at"] != session["started_at"]] + [session]
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"sessions": [*sessions, session]}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
 
 
 def estimate_minutes(runs: list[PlannedRun], states: dict[str, str], jobs: int) -> float:
     """Wall minutes to run what is not finished, ``jobs`` at a time (the suite's per-run estimates)."""
-    pending = sorted((run.experiment.minutes[run.model] for run in runs if states[run.name] != "finished"), reverse=True)
+    pending = [run.experiment.minutes[run.model] for run in runs if states[run.name] != "finished"]
     lanes = [0.0] * jobs
-    for minutes in pending:  # longest first onto the least loaded lane
+    for minutes in pending:  # in the order execute starts them, each on the lane that frees first
         lanes[lanes.index(min(lanes))] += minutes
     return max(lanes) if lanes else 0.0
