@@ -185,7 +185,7 @@ def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
 
 
 def test_compiled_code_is_kept_beside_the_data_unless_chosen(tmp_path, monkeypatch):
-    from brims_experiments.runs import keep_compiled_code
+    from brims_experiments.compile_cache import keep_compiled_code
 
     monkeypatch.setenv("BRIMS_DATA", str(tmp_path / "data"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
@@ -194,6 +194,18 @@ def test_compiled_code_is_kept_beside_the_data_unless_chosen(tmp_path, monkeypat
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     keep_compiled_code()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_the_brims_command_chooses_the_cache_before_torch_fixes_its_own(tmp_path):
+    """Importing torch._dynamo (Lightning, the training modules) sets torch's default cache folder:
+    in a fresh process the command's folder must still be the one torch.compile uses."""
+    code = ("from brims_experiments.cli import main; main(['config', 'adding-cpu']); "
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir; print('cache:', cache_dir())")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["BRIMS_DATA"] = str(tmp_path / "data")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"cache: {tmp_path / 'inductor'}" in done.stdout
 
 
 @pytest.mark.parametrize(("core", "says"), [({"kind": "brims", "compile": True}, True),

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from brims import __version__
+from brims_experiments.compile_cache import keep_compiled_code
 from brims_experiments.reproduce.commands import add_commands as add_reproduce_commands
 from brims_experiments.train.commands import add_commands as add_experiment_commands
 from brims_experiments.tasks.copying import CopyingMetrics, CopyingTaskConfig, copying_loss, copying_metrics, make_copying_batch
@@ -279,6 +280,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``brims`` command; returns the exit status."""
+    keep_compiled_code()  # before anything imports torch._dynamo, which fixes the cache folder
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)

@@ -302,13 +302,6 @@ def results_folder(path: Path, out: str | Path | None) -> Path:
                       f"{METRICS_FILE} and figures")
 
 
-def keep_compiled_code() -> None:
-    """torch.compile's code cache beside the data (``<data root>/../inductor``) unless the user chose
-    one: its default under /tmp does not outlive a reboot, and a cold compile of a BRIMs chunk takes
-    minutes on a small CPU where a warm one takes seconds."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(data_root().parent / "inductor"))
-
-
 def say_if_compiling(config: Any) -> None:
     """A compiled core's first training step compiles for minutes, silently: say so before it starts."""
     core = config.model.core

@@ -176,7 +176,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     from brims_experiments.rl.config import task_of
     from brims_experiments.train.config import load_config
-    from brims_experiments.runs import CONFIG_FILE, amend_run_config, keep_compiled_code, run_dir_for, say_if_compiling
+    from brims_experiments.runs import CONFIG_FILE, amend_run_config, run_dir_for, say_if_compiling
     from brims_experiments.train.run import train
 
     source = Path(args.config)
@@ -192,7 +192,6 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         for line in amend_run_config(source, args.set, load_any_config):
             print(f"changed for this resume: {line}")
     torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
-    keep_compiled_code()
     if task_of(source if path is None else path) == "rl":
         from brims_experiments.rl.commands import run_train as run_rl_train
 
