@@ -8,7 +8,8 @@ set -euo pipefail
 steps="${1:-200}"
 . "${VENV:-.venv}/bin/activate"
 where="$(mktemp -d)"
-trap 'rm -rf "$where"' EXIT
+# On any exit (Ctrl-C included: background runs ignore SIGINT) stop the runs, found by their folder.
+trap 'pkill -f -- "$where" 2>/dev/null; rm -rf "$where"' EXIT
 run() {  # run folder, seed, threads, steps
   brims train adding-cpu --run-dir "$1" --no-progress --set model.core.kind=brims train.max_steps="$4" \
     train.validate_every=100 train.checkpoint_every=100 "data.test_lengths=[100,200]" train.seed="$2" \
@@ -25,7 +26,10 @@ run "$where/two-0" 0 1 "$steps" &
 first=$!
 run "$where/two-1" 1 1 "$steps" &
 second=$!
-wait "$first" "$second"
+failed=0
+wait "$first" || failed=1
+wait "$second" || failed=1
+[ "$failed" = 0 ] || { echo "a run side by side failed" >&2; exit 1; }
 end=$(date +%s.%N)
 awk -v a="$start" -v b="$middle" -v c="$end" 'BEGIN {
   printf "one after another, 2 threads each: %.1f s; two at a time, 1 thread each: %.1f s (%.2fx)\n",

@@ -73,11 +73,11 @@ def test_interval_is_students_t_over_seeds():
     ([0.1, 0.5], [0.2, 0.3], "lower", "not answerable with these seeds"),
     ([0.9, 0.91], [0.5, 0.52], "higher", "supported"),
     ([0.5, 0.52], [0.9, 0.91], "higher", "contradicted"),
-    ([0.1], [0.5], "lower", "not answerable with one seed"),
+    ([0.1], [0.5], "lower", "not answerable with one shared seed"),
     ([], [], "lower", "not run yet"),
 ])
 def test_a_claim_is_decided_by_the_interval_of_its_per_seed_effect(ours, theirs, better, expected):
-    assert verdict(Claim("a beats b", "a", "b", "c"), list(zip(ours, theirs)), better).startswith(expected)
+    assert verdict(list(zip(ours, theirs)), better).startswith(expected)
 
 
 def test_seeds_are_paired_so_a_consistent_effect_is_found_across_widely_spread_seeds():
@@ -85,19 +85,30 @@ def test_seeds_are_paired_so_a_consistent_effect_is_found_across_widely_spread_s
     models' intervals overlap, the interval of the per-seed ratio (exactly 0.5) does not."""
     ours, theirs = [0.1, 1.0, 10.0], [0.2, 2.0, 20.0]
     assert Estimate.of(ours).high > Estimate.of(theirs).low
-    judged = verdict(Claim("a beats b", "a", "b", "c"), list(zip(ours, theirs)), "lower")
-    assert judged == "supported (ratio 0.50, 95% interval 0.50 to 0.50; better in 3 of 3 seeds)"
+    judged = verdict(list(zip(ours, theirs)), "lower")
+    assert judged == "supported (geometric-mean ratio 0.50, 95% interval 0.50 to 0.50; better in 3 of 3 seeds)"
 
 
 def test_differences_are_judged_in_the_conditions_scale_and_losses_that_can_be_zero_as_differences():
-    accuracy = verdict(Claim("a", "a", "b", "c"), [(0.9, 0.5), (0.8, 0.5), (0.7, 0.5)], "higher", scale=100)
+    accuracy = verdict([(0.9, 0.5), (0.8, 0.5), (0.7, 0.5)], "higher", scale=100)
     assert accuracy == "supported (difference 30, 95% interval 5.2 to 55; better in 3 of 3 seeds)"
     with_zero = Comparison.of([(0.0, 0.5), (0.1, 0.5)], "lower")
     assert not with_zero.as_ratio and with_zero.effect.mean == pytest.approx(-0.45)
 
 
+@pytest.mark.parametrize("bad", [math.inf, math.nan, 0.0])
+def test_a_diverged_run_decides_nothing_and_is_named(bad):
+    """A non-finite value would make the interval inf or nan (and a zero baseline a log of 0)."""
+    judged = verdict([(0.01, 0.5), (bad, 0.5), (0.01, 0.5)] if bad else [(0.01, 0.5), (0.02, bad), (0.01, 0.4)],
+                     "lower")
+    if math.isfinite(bad):  # a zero: compared as a difference, which is finite
+        assert judged.startswith(("supported (difference", "not answerable with these seeds (difference"))
+    else:
+        assert judged.startswith("not answerable (a value that is not finite in shared seed 2")
+
+
 def test_a_claims_pairs_are_the_seeds_both_models_finished(tmp_path):
-    from brims_experiments.reproduce.report import RunResult, paired_values
+    from brims_experiments.reproduce.report import RunResult, judge, paired_values
 
     suite = tiny_suite(tmp_path)
     experiment = suite.experiments[0]
@@ -106,6 +117,22 @@ def test_a_claims_pairs_are_the_seeds_both_models_finished(tmp_path):
     found = {"lstm": [run("lstm", 0, 0.5), run("lstm", 2, 0.7)],
              "brims": [run("brims", 0, 0.1), run("brims", 1, 0.2), run("brims", 2, 0.3)]}
     assert paired_values(claim, found, experiment) == [(0.1, 0.5), (0.3, 0.7)]
+    assert judge(claim, found, experiment).startswith("not answerable with these seeds (geometric-mean ratio 0.29, ")
+    assert judge(claim, {"lstm": found["lstm"], "brims": []}, experiment) == "not run yet (brims has no finished run)"
+    assert judge(claim, {"lstm": [], "brims": []}, experiment) == "not run yet"
+    apart = {"lstm": [run("lstm", 5, 0.5)], "brims": found["brims"]}
+    assert judge(claim, apart, experiment) == "no seed that both models finished"
+    unmeasured = {m: [RunResult(m, 0, tmp_path, {"length": {}})] for m in ("lstm", "brims")}
+    assert judge(claim, unmeasured, experiment) == "no length.10.mse in the runs"
+
+
+def test_where_a_model_stands_is_its_curves_end_and_last_quarter_movement():
+    from brims_experiments.reproduce.report import curve_movement
+
+    curve = {100: 0.8, 200: 0.4, 300: 0.2, 400: 0.1}  # 3/4 of step 400 is 300
+    assert curve_movement(curve, "lower") == (0.1, pytest.approx(-0.5))
+    assert curve_movement({100: 0.2, 200: 0.5, 301: 0.6}, "higher") == (0.6, pytest.approx(0.1))  # from step 200
+    assert curve_movement({100: 0.5}, "lower") is None
 
 
 # ---- the packaged suites --------------------------------------------------------------------------
@@ -127,10 +154,15 @@ def test_every_run_of_every_suite_has_a_valid_config(name, tmp_path):
         assert len(budgets) == 1, experiment.name
 
 
-def test_quick_suite_answers_a_question_with_three_seeds_per_model_in_its_time():
-    """Two seeds cannot answer (t with one degree of freedom is 12.7); the estimate fits the 15 minutes."""
-    suite = load_suite("quick")
+@pytest.mark.parametrize("name", suite_names())
+def test_every_suite_has_three_seeds_and_a_claim_per_experiment(name):
+    """With two seeds the interval's half-width is 12.7 standard errors (t with one degree of freedom)."""
+    suite = load_suite(name)
     assert len(suite.seeds) >= 3 and all(e.claims for e in suite.experiments)
+
+
+def test_quick_suite_is_estimated_to_leave_set_up_its_two_minutes_of_the_15():
+    suite = load_suite("quick")
     runs = plan(suite, Path("runs"), Path("results"))
     assert estimate_minutes(runs, {run.name: "new" for run in runs}, suite.jobs) <= 13
 
@@ -151,8 +183,12 @@ def reproduced(tmp_path_factory):
     suite = tiny_suite(tmp_path)
     runs = plan(suite, tmp_path / "runs", tmp_path / "results")
     records = []
-    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None,
-                      record=lambda record: records.append(json.loads(json.dumps(record))))
+
+    def record(session):
+        records.append(json.loads(json.dumps(session)))
+        record_session(tmp_path / "results" / "tiny", session)
+
+    session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None, record=record)
     return suite, runs, session, tmp_path, records
 
 
@@ -182,6 +218,31 @@ def test_a_session_is_on_record_from_its_start_and_after_every_run(reproduced):
     assert [s["started_at"] for s in stored] == [records[0]["started_at"], "later"] and stored[0]["ended"] is True
 
 
+def test_an_unreadable_suite_record_is_refused_by_name(tmp_path):
+    from brims_experiments.runs import ConfigError
+
+    (tmp_path / "suite.json").write_text("<<<<<<< HEAD\n")
+    with pytest.raises(ConfigError, match="suite.json is not a suite record"):
+        record_session(tmp_path, {"started_at": "now"})
+
+
+def test_an_interrupted_session_stops_its_runs_and_is_recorded_so(tmp_path, monkeypatch):
+    """Ctrl-C while runs train: every run process is stopped (none left unsupervised), and the
+    session's record says it was interrupted."""
+    from brims_experiments.reproduce import runner
+
+    suite = tiny_suite(tmp_path)
+    started, records = [], []
+    launch = runner._launch
+    monkeypatch.setattr(runner, "_launch", lambda run, state: started.append(launch(run, state)) or started[-1])
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        execute(suite, plan(suite, tmp_path / "runs", tmp_path / "results"), keep_results=False, jobs=2,
+                say=lambda _: None, record=lambda session: records.append(dict(session)))
+    assert len(started) == 2 and all(process.poll() is not None for process in started)
+    assert records[-1]["ended"] == "interrupted"
+
+
 def test_reproduce_again_skips_the_finished_runs(reproduced):
     suite, runs, _, tmp_path, _ = reproduced
     session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
@@ -201,6 +262,7 @@ def test_the_report_and_the_readme_block_come_from_the_results(reproduced):
     results = tmp_path / "results" / "tiny"
     report = write_report(suite, results).read_text()
     assert "| lstm | 2 of 2 |" in report and "| brims | 2 of 2 |" in report
+    assert re.search(r"\| \S+ \| [\d.]+ min \| yes \| 2 \| .* \| 4 \|", report)  # the session, ended, 4 runs
     assert re.search(r"BRIMs beat the LSTM at 10: \*\*.*ratio .*, 95% interval .*; better in [012] of 2 seeds", report)
     assert (results / "adding" / "learning.png").is_file() and (results / "adding" / "generalisation.png").is_file()
     first = json.loads((runs[0].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,15 +46,20 @@ def add_commands(commands: Any) -> None:
     report.set_defaults(handler=run_report, command_parser=report)
 
 
+def _has_block(readme: Path, name: str) -> bool:
+    from brims_experiments.reproduce.report import readme_section
+
+    return readme.is_file() and readme_section(readme.read_text(), name) is not None
+
+
 def _report(suite: Any, results: Path, readme: str | None, parser: argparse.ArgumentParser) -> None:
     from brims_experiments.reproduce.report import update_readme, write_report
 
+    if readme and not _has_block(Path(readme), suite.name):
+        parser.error(f"--readme {readme}: no such file, or no generated block for suite {suite.name} in it")
     print(f"report: {write_report(suite, results)}")
     if readme:
-        if not Path(readme).is_file():
-            parser.error(f"--readme {readme}: no such file")
-        if not update_readme(Path(readme), suite, results):
-            parser.error(f"{readme} has no generated block for suite {suite.name}")
+        update_readme(Path(readme), suite, results)
         print(f"updated the suite's block in {readme}")
 
 
@@ -77,12 +83,19 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
               f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates"
               + (", on one GPU)" if suite.machine == "gpu" else ", on 2 CPU cores)"))
         return 0
+    if args.readme and not _has_block(Path(args.readme), suite.name):
+        parser.error(f"--readme {args.readme}: no such file, or no generated block for suite {suite.name} in it")
     args.run_folder = None
     try:
         session = execute(suite, runs, args.keep_results, jobs, record=lambda record: record_session(results, record))
     except KeyboardInterrupt:
-        print(f"suite {suite.name}: interrupted; the runs saved their checkpoints, and `brims reproduce "
-              f"{suite.name}` resumes them", file=sys.stderr)
+        if args.debug:
+            raise
+        again = ["brims", "reproduce", suite.name, "--runs", args.runs, "--results", args.results]
+        again += ["--keep-results"] if args.keep_results else []
+        again += ["--jobs", str(args.jobs)] if args.jobs is not None else []
+        print(f"suite {suite.name}: interrupted; the runs keep their last checkpoints, and `{shlex.join(again)}` "
+              "resumes them", file=sys.stderr)
         return 130
     _report(suite, results, args.readme, parser)
     from brims_experiments.reproduce.report import readme_block

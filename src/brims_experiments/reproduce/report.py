@@ -6,10 +6,11 @@ tables can be rebuilt, and checked, from what is in git. Intervals are Student-t
 the mean over seeds (``mean ± t_{0.975, n-1} s / sqrt(n)``); with one seed there is no interval.
 A claim (model beats baseline on one condition) is judged on the seeds both models ran, paired by
 seed (runs of one seed share their data order): the per-seed effect is the log ratio of model to
-baseline where lower is better and the difference where higher is better. The claim is *supported*
-when the 95% interval of the mean effect lies wholly on the model's better side, *contradicted*
-when wholly on its worse side, and *not answerable with these seeds* otherwise. Each verdict shows
-the effect with its interval and counts the seeds in which the model did better.
+baseline where lower is better (a difference if a value is zero or negative) and the difference
+where higher is better. The claim is *supported* when the 95% interval of the mean effect lies
+wholly on the model's better side, *contradicted* when wholly on its worse side, and *not
+answerable with these seeds* otherwise; a value that is not finite decides nothing. Each verdict
+shows the effect with its interval and counts the seeds in which the model did better.
 Learning curves show the mean over seeds and, as a band, their range.
 """
 
@@ -132,8 +133,9 @@ def estimates(found: dict[str, list[RunResult]], experiment: Experiment) -> dict
 
 
 def paired_values(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> list[tuple[float, float]]:
-    """(model, baseline) values of the claim's condition in each seed both models ran, in seed order:
-    runs of one seed share their data order, so a seed is a pair."""
+    """(model, baseline) values of the claim's condition in each seed both models finished, in seed
+    order (runs of one seed share their data order, so a seed is a pair); a seed whose runs lack the
+    condition's metric is left out."""
     path = next(c.path for c in experiment.conditions if c.label == claim.condition)
     ours = {r.seed: r for r in found.get(claim.model, [])}
     theirs = {r.seed: r for r in found.get(claim.baseline, [])}
@@ -147,7 +149,7 @@ def paired_values(claim: Claim, found: dict[str, list[RunResult]], experiment: E
 
 
 def _two_digits(value: float) -> str:
-    """Two significant digits, in scientific notation outside 1e-4 .. 1e5 (ratios can be extreme)."""
+    """At least two significant digits, in scientific notation outside 1e-4 .. 1e5 (ratios can be extreme)."""
     if value and not 1e-4 <= abs(value) < 1e5:
         return f"{value:.1e}"
     return f"{value:.{_digits(value)}f}"
@@ -155,12 +157,13 @@ def _two_digits(value: float) -> str:
 
 @dataclass(frozen=True)
 class Comparison:
-    """A claim's evidence: the 95% interval of the per-seed effect of model against baseline, and in
-    how many seeds the model did better.
+    """A claim's evidence: the 95% interval of the mean per-seed effect of model against baseline,
+    and in how many seeds the model did better.
 
     Where lower is better (losses, errors: positive, and spread over orders of magnitude between
-    seeds) the effect is the log ratio ``ln(model / baseline)``, shown as the ratio; where higher is
-    better (accuracies) it is the difference ``model - baseline``, in the condition's scale.
+    seeds) the effect is the log ratio ``ln(model) - ln(baseline)``, shown as the geometric-mean
+    ratio; where higher is better (accuracies), or where a value is zero or negative, it is the
+    difference ``model - baseline``, in the condition's scale.
     """
 
     effect: Estimate
@@ -171,33 +174,51 @@ class Comparison:
     def of(cls, pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> Comparison:
         lower_is_better = better == "lower"
         as_ratio = lower_is_better and all(a > 0 and b > 0 for a, b in pairs)
-        effects = [math.log(a / b) if as_ratio else scale * (a - b) for a, b in pairs]
+        effects = [math.log(a) - math.log(b) if as_ratio else scale * (a - b) for a, b in pairs]
         wins = sum(a < b if lower_is_better else a > b for a, b in pairs)
         return cls(Estimate.of(effects), as_ratio, wins)
 
     def describe(self) -> str:
         effect, shown = self.effect, (math.exp if self.as_ratio else float)
-        text = f"{'ratio' if self.as_ratio else 'difference'} {_two_digits(shown(effect.mean))}"
+        text = f"{'geometric-mean ratio' if self.as_ratio else 'difference'} {_two_digits(shown(effect.mean))}"
         if effect.n > 1:
             text += f", 95% interval {_two_digits(shown(effect.low))} to {_two_digits(shown(effect.high))}"
         return text + f"; better in {self.wins} of {effect.n} seeds"
 
 
-def verdict(claim: Claim, pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> str:
-    """*supported* when the 95% interval of the per-seed effect (:class:`Comparison`) lies wholly on
-    the model's better side, *contradicted* when wholly on its worse side, else *not answerable*."""
+def verdict(pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> str:
+    """*supported* when the 95% interval of the mean per-seed effect (:class:`Comparison`) of the
+    (model, baseline) ``pairs`` lies wholly on the model's better side, *contradicted* when wholly
+    on its worse side, else *not answerable*. A value that is not finite (a diverged run) decides
+    nothing: the claim is not answerable and the verdict names the seed."""
     if not pairs:
         return "not run yet"
+    for index, (ours, theirs) in enumerate(pairs):
+        if not (math.isfinite(ours) and math.isfinite(theirs)):
+            return f"not answerable (a value that is not finite in shared seed {index + 1}: {ours} against {theirs})"
     comparison = Comparison.of(pairs, better, scale)
     evidence, effect = comparison.describe(), comparison.effect
     if effect.n < 2:
-        return f"not answerable with one seed ({evidence})"
+        return f"not answerable with one shared seed ({evidence})"
     lower_is_better = better == "lower"
     if (effect.high < 0) if lower_is_better else (effect.low > 0):
         return f"supported ({evidence})"
     if (effect.low > 0) if lower_is_better else (effect.high < 0):
         return f"contradicted ({evidence})"
     return f"not answerable with these seeds ({evidence})"
+
+
+def judge(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> str:
+    """The claim's verdict on the finished runs ``found``, or why there is none yet."""
+    missing = [model for model in (claim.model, claim.baseline) if not found.get(model)]
+    if missing:
+        return "not run yet" if len(missing) == 2 else f"not run yet ({missing[0]} has no finished run)"
+    condition = next(c for c in experiment.conditions if c.label == claim.condition)
+    pairs = paired_values(claim, found, experiment)
+    if not pairs:
+        seeds = {r.seed for r in found[claim.model]} & {r.seed for r in found[claim.baseline]}
+        return (f"no {condition.path} in the runs" if seeds else "no seed that both models finished")
+    return verdict(pairs, experiment.better_of(claim.condition), condition.scale)
 
 
 def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
@@ -224,18 +245,29 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
         direction = f"lower is better for {', '.join(lower)}; higher for {', '.join(higher)}"
     else:
         direction = f"{'higher' if higher else 'lower'} is better"
+    lines.append(f"Mean ± 95% interval over seeds ({direction}). Each claim is judged on the 95% interval, over the "
+                 "seeds both models finished, of the model's mean log ratio to the baseline where lower is better "
+                 "(shown as the geometric-mean ratio), of its difference from it where higher is better.")
+    for claim in experiment.claims:
+        lines.append(f"- {claim.text}: **{judge(claim, found, experiment)}**.")
     where = standing(experiment, found)
     if where:
-        lines += [where, ""]
-    lines.append(f"Mean ± 95% interval over seeds ({direction}). Each claim is judged on the 95% interval, over the "
-                 "seeds both models ran, of the model's ratio to the baseline where lower is better, of its "
-                 "difference from it where higher is better.")
-    for claim in experiment.claims:
-        condition = next(c for c in experiment.conditions if c.label == claim.condition)
-        judged = verdict(claim, paired_values(claim, found, experiment), experiment.better_of(claim.condition),
-                         condition.scale)
-        lines.append(f"- {claim.text}: **{judged}**.")
+        lines += ["", where]
     return "\n".join(lines)
+
+
+def curve_movement(curve: dict[int, float], better: str) -> tuple[float, float] | None:
+    """A validation curve's last value and how far it moved over the last quarter of the steps (from
+    the last validation at or before 3/4 of the last step): relative (a share of the earlier value)
+    where lower is better, as losses are compared as ratios; absolute where higher is better."""
+    if len(curve) < 2:
+        return None
+    last = max(curve)
+    earlier = curve[max((step for step in curve if step <= 0.75 * last), default=min(curve))]
+    end = curve[last]
+    if better == "lower":
+        return end, (end - earlier) / earlier if earlier else math.nan
+    return end, end - earlier
 
 
 def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str | None:
@@ -243,21 +275,17 @@ def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str |
     steps (means over seeds): a model still moving at the end has not converged at this budget."""
     parts = []
     for model, runs in found.items():
-        ends, moves = [], []
-        for run in runs:
-            curve = read_curve(run.folder, experiment.curve)
-            if len(curve) < 2:
-                continue
-            last = max(curve)
-            quarter = max((s for s in curve if s <= 0.75 * last), default=min(curve))
-            ends.append(curve[last])
-            moves.append(curve[last] - curve[quarter])
-        if ends:
-            parts.append(f"{model} {sum(ends) / len(ends):.3g} ({sum(moves) / len(moves):+.2g})")
+        moved = [m for m in (curve_movement(read_curve(r.folder, experiment.curve), experiment.better) for r in runs)
+                 if m is not None]
+        if moved:
+            end, change = (sum(values) / len(values) for values in zip(*moved))
+            shown = f"{change:+.0%}" if experiment.better == "lower" else f"{change:+.3g}"
+            parts.append(f"{model} {end:.3g} ({shown})")
     if not parts:
         return None
+    how = "relative" if experiment.better == "lower" else "absolute"
     return (f"Where the models stand: {experiment.curve_label} at the last validation (mean over seeds), and in "
-            f"brackets its change over the last quarter of training: {', '.join(parts)}.")
+            f"brackets its {how} change over the last quarter of training: {', '.join(parts)}.")
 
 
 def trained_steps(metrics: dict[str, Any]) -> int | str:
@@ -421,8 +449,8 @@ def write_report(suite: Suite, results: Path) -> Path:
                 f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
             lines.append("")
     if sessions:
-        lines += ["## Sessions", "", "One row per `brims reproduce` invocation; a session whose end is \"no\" was killed "
-                  "(its wall time is up to its last finished run).", "",
+        lines += ["## Sessions", "", "One row per `brims reproduce` invocation. Ended \"no\": killed, or still running (its wall "
+                  "time is up to its last finished run); \"interrupted\": stopped with Ctrl-C.", "",
                   "| started (UTC) | wall | ended | jobs | machine | versions | runs finished |",
                   "|---|---:|---|---:|---|---|---:|"]
         for session in sessions:

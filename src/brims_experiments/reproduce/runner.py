@@ -189,13 +189,14 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
                     say(f"  [{done}/{len(runs)}] FAILED {name} (exit {process.returncode}): see "
                         f"{run.run_dir.with_name(run.run_dir.name + '.log')}")
                 update()
-    except KeyboardInterrupt:
+    except BaseException as error:  # Ctrl-C, or a failure here: stop the runs rather than leave them unsupervised
         for run, process, _ in running.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGINT)  # each saves its last checkpoint
+                os.killpg(process.pid, signal.SIGINT)  # each keeps its last checkpoint
         for run, process, _ in running.values():
             process.wait()
-        update("interrupted")
+        if isinstance(error, KeyboardInterrupt):
+            update("interrupted")
         raise
     update(True)
     return session
@@ -203,10 +204,19 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
 
 def record_session(results: Path, session: dict[str, Any]) -> None:
     """Write this invocation into ``<results>/<suite>/suite.json`` (the suite's sessions, machines,
-    wall times), replacing its earlier record (the same start) or appending it."""
+    wall times), replacing its earlier record (the same start) in place or appending it; an
+    unreadable record is refused with a ConfigError that names it."""
     path = results / SUITE_RECORD
-    sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    sessions = [s for s in sessions if s["started_at"] != session["started_at"]] + [session]
+    try:
+        sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is not a suite record ({error}): mend it, or move it away to start a new "
+                          "record") from None
+    starts = [s.get("started_at") for s in sessions]
+    if session["started_at"] in starts:  # this session's earlier record: replace it where it stands
+        sessions[starts.index(session["started_at"])] = session
+    else:
+        sessions.append(session)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
 
@@ -217,4 +227,4 @@ def estimate_minutes(runs: list[PlannedRun], states: dict[str, str], jobs: int) 
     lanes = [0.0] * jobs
     for minutes in pending:  # in the order execute starts them, each on the lane that frees first
         lanes[lanes.index(min(lanes))] += minutes
-    return max(lanes) if lanes else 0.0
+    return max(lanes)
