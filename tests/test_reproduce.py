@@ -310,3 +310,16 @@ def test_dry_run_lists_every_run_with_its_command_and_the_estimate(tmp_path, cap
     assert "brims train adding-cpu --run-dir" in out and "train.seed=1 train.threads=1" in out
     assert "estimated wall time for what is not finished, 2 at a time:" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", ["reproduce", "report"])
+def test_a_readme_without_the_suites_block_is_refused_before_any_work(command, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("no generated block here\n")
+    (tmp_path / "results" / "quick").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stop:
+        brims(command, "quick", "--readme", str(readme), "--results", str(tmp_path / "results"),
+              *(["--runs", str(tmp_path / "runs")] if command == "reproduce" else []))
+    assert stop.value.code == 2
+    assert f"--readme {readme}: no such file, or no generated block for suite quick in it" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results" / "quick" / "README.md").exists()

@@ -29,7 +29,8 @@ import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from brims_experiments.data.store import atomic_write, atomic_write_text, data_root
+from brims_experiments.compile_cache import CACHE_ENV
+from brims_experiments.data.store import atomic_write, atomic_write_text
 
 # ---- config files ----------------------------------------------------------------------------------
 
@@ -306,7 +307,7 @@ def say_if_compiling(config: Any) -> None:
     """A compiled core's first training step compiles for minutes, silently: say so before it starts."""
     core = config.model.core
     if core.compile and core.kind != "lstm":
-        cache = os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's cache")
+        cache = os.environ.get(CACHE_ENV, "torch's cache")
         print(f"compiling the {core.kind} time step on the first batches: about 2 minutes on a 2-core CPU the "
               f"first time, seconds once cached (in {cache})", flush=True)
 

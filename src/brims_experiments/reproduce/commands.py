@@ -46,17 +46,18 @@ def add_commands(commands: Any) -> None:
     report.set_defaults(handler=run_report, command_parser=report)
 
 
-def _has_block(readme: Path, name: str) -> bool:
+def _check_readme(readme: str | None, name: str, parser: argparse.ArgumentParser) -> None:
+    """Refuse a --readme that is no file or has no generated block of suite ``name``, before any work."""
     from brims_experiments.reproduce.report import readme_section
 
-    return readme.is_file() and readme_section(readme.read_text(), name) is not None
+    if readme and not (Path(readme).is_file() and readme_section(Path(readme).read_text(), name) is not None):
+        parser.error(f"--readme {readme}: no such file, or no generated block for suite {name} in it")
 
 
-def _report(suite: Any, results: Path, readme: str | None, parser: argparse.ArgumentParser) -> None:
+def _report(suite: Any, results: Path, readme: str | None) -> None:
+    """Write the suite's report, and its README block when ``readme`` (checked by :func:`_check_readme`)."""
     from brims_experiments.reproduce.report import update_readme, write_report
 
-    if readme and not _has_block(Path(readme), suite.name):
-        parser.error(f"--readme {readme}: no such file, or no generated block for suite {suite.name} in it")
     print(f"report: {write_report(suite, results)}")
     if readme:
         update_readme(Path(readme), suite, results)
@@ -83,8 +84,7 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
               f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates"
               + (", on one GPU)" if suite.machine == "gpu" else ", on 2 CPU cores)"))
         return 0
-    if args.readme and not _has_block(Path(args.readme), suite.name):
-        parser.error(f"--readme {args.readme}: no such file, or no generated block for suite {suite.name} in it")
+    _check_readme(args.readme, suite.name, parser)
     args.run_folder = None
     try:
         session = execute(suite, runs, args.keep_results, jobs, record=lambda record: record_session(results, record))
@@ -97,7 +97,7 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         print(f"suite {suite.name}: interrupted; the runs keep their last checkpoints, and `{shlex.join(again)}` "
               "resumes them", file=sys.stderr)
         return 130
-    _report(suite, results, args.readme, parser)
+    _report(suite, results, args.readme)
     from brims_experiments.reproduce.report import readme_block
 
     print()
@@ -115,5 +115,6 @@ def run_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     results = Path(args.results) / suite.name
     if not results.is_dir():
         parser.error(f"{results} does not exist: run `brims reproduce {suite.name}` first")
-    _report(suite, results, args.readme, parser)
+    _check_readme(args.readme, suite.name, parser)
+    _report(suite, results, args.readme)
     return 0
