@@ -35,8 +35,22 @@ class BRIMsState(NamedTuple):
         return BRIMsState(tuple(h.detach() for h in self.h), tuple(c.detach() for c in self.c))
 
     def reset_rows(self, rows: Tensor) -> BRIMsState:
-        """Zero the state of the batch rows where ``rows`` (bool, ``(B,)``) is True."""
-        reset = rows.to(torch.bool).unsqueeze(-1)  # (B, 1)
+        """Zero the state of the batch rows where ``rows`` (bool, ``(B,)``) is True.
+
+        Raises ``ValueError`` for anything else: another dtype (a float or int mask would have to
+        be guessed at), another rank, or a length other than the state's batch.
+        """
+        batch = self.h[0].shape[0]
+        if not isinstance(rows, Tensor) or rows.dtype != torch.bool or rows.dim() != 1:
+            got = (
+                f"a {rows.dtype} tensor of shape {tuple(rows.shape)}"
+                if isinstance(rows, Tensor)
+                else type(rows).__name__
+            )
+            raise ValueError(f"reset_rows needs a bool tensor of shape (B,)=({batch},), got {got}")
+        if rows.shape[0] != batch:
+            raise ValueError(f"reset_rows needs a mask of length B={batch} (the state's batch), got length {rows.shape[0]}")
+        reset = rows.unsqueeze(-1)  # (B, 1)
         return BRIMsState(
             tuple(torch.where(reset, 0.0, h) for h in self.h), tuple(torch.where(reset, 0.0, c) for c in self.c)
         )

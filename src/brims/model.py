@@ -4,35 +4,119 @@ Dimension legend: T = time steps, B = batch, F = input features, n_l = modules o
 
 :class:`BRIMs` runs a :class:`~brims.cell.BRIMsCell` over a sequence with
 :func:`~brims.cell.run_steps`; ``compile_step()`` opts into the compiled backend
-(:mod:`brims.backends.compiled`), which runs the same steps.
+(:mod:`brims.backends.compiled`), which runs the same steps. ``save_pretrained`` and
+``from_pretrained`` write and read a folder of ``config.json`` and ``model.safetensors``
+(:mod:`brims.pretrained`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from brims import pretrained
 from brims.backends.compiled import CompiledLoop
 from brims.cell import BRIMsCell, BRIMsDiagnostics, BRIMsState, as_config, run_steps
 from brims.config import BRIMsConfig
+
+CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(BRIMsConfig))
+# Class attributes of a dataclass hold its fields' defaults: the signatures below read them from
+# BRIMsConfig, the one declaration of the options and their defaults.
+DEFAULTS: dict[str, Any] = {field.name: field.default for field in dataclasses.fields(BRIMsConfig)}
 
 
 class BRIMs(nn.Module):
     """Bidirectional Recurrent Independent Mechanisms (Mittal et al., ICML 2020), like ``nn.LSTM``.
 
-    ``BRIMs(input_size, hidden_sizes=..., ...)`` (the fields of :class:`BRIMsConfig`, whose
-    defaults are the authors' released sequential-MNIST configuration) or ``BRIMs(config)``.
+    ``BRIMs(input_size, hidden_sizes=..., ...)`` (the fields of :class:`BRIMsConfig`, in its
+    order) or ``BRIMs(config)``. The defaults are the authors' released sequential-MNIST
+    configuration: two layers of 300 units, 6 and 3 modules of which 4 and 2 are active, about
+    1.8 M parameters. ``BRIMs(8)`` builds that whole network; ``print(model)`` states the sizes
+    and the parameter count.
+
     ``output, state = model(x)`` with ``x`` of shape ``(T, B, input_size)`` (``(B, T, ...)``
     when ``batch_first``); ``output`` is the top layer's state at every step,
     ``(T, B, hidden_sizes[-1])``. Pass ``state`` back in to continue a sequence exactly.
     ``return_diagnostics=True`` also returns :class:`BRIMsDiagnostics`.
+
+    ``model.save_pretrained(folder)`` writes the config and weights; ``BRIMs.from_pretrained(folder)``
+    reads them back (:mod:`brims.pretrained`).
     """
 
-    def __init__(self, input_size: int | BRIMsConfig, *args: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        input_size: int | BRIMsConfig,
+        hidden_sizes: int | Sequence[int] = BRIMsConfig.hidden_sizes,
+        num_modules: int | Sequence[int] = BRIMsConfig.num_modules,
+        top_k: int | Sequence[int] = BRIMsConfig.top_k,
+        cell: str = BRIMsConfig.cell,
+        top_down: bool = BRIMsConfig.top_down,
+        communication: bool = BRIMsConfig.communication,
+        input_heads: int = BRIMsConfig.input_heads,
+        input_key_size: int = BRIMsConfig.input_key_size,
+        input_value_factor: int = BRIMsConfig.input_value_factor,
+        comm_heads: int = BRIMsConfig.comm_heads,
+        comm_key_size: int = BRIMsConfig.comm_key_size,
+        comm_value_size: int = BRIMsConfig.comm_value_size,
+        attention_dropout: float = BRIMsConfig.attention_dropout,
+        batch_first: bool = BRIMsConfig.batch_first,
+        backend: str = BRIMsConfig.backend,
+        **unknown: Any,
+    ) -> None:
+        """Build the network of a :class:`BRIMsConfig`, or of its fields given here.
+
+        Args:
+            input_size: features of the input at each step, or a whole :class:`BRIMsConfig`
+                (then pass nothing else).
+            hidden_sizes: hidden size of each layer, default ``(300, 300)``; layer ``l`` is
+                ``num_modules[l]`` modules of ``hidden_sizes[l] // num_modules[l]`` units.
+            num_modules: modules per layer, default ``(6, 3)``.
+            top_k: modules that update per example and step, per layer, default ``(4, 2)``.
+            cell: per-module dynamics, ``"lstm"`` (default) or ``"gru"``.
+            top_down: layer ``l`` attends to layer ``l+1``'s previous state, default ``True``.
+            communication: active modules read their layer through attention, default ``True``.
+            input_heads: heads of the input attention, default ``4``.
+            input_key_size: key/query size per input-attention head, default ``64``.
+            input_value_factor: a module's attended input has ``input_value_factor`` times its
+                units, default ``4``.
+            comm_heads: heads of the communication attention, default ``4``.
+            comm_key_size: key/query size per communication head, default ``32``.
+            comm_value_size: value size per communication head, default ``32``.
+            attention_dropout: dropout on the attention probabilities, default ``0.1``.
+            batch_first: inputs and outputs are ``(B, T, F)``, default ``False`` (``(T, B, F)``).
+            backend: ``"torch"`` (default) or ``"triton"`` (fused CUDA kernels).
+
+        ``nn.LSTM``'s ``hidden_size`` and ``num_layers`` are refused with the equivalent
+        (``hidden_sizes=(H,) * num_layers`` with ``num_modules`` and ``top_k`` per layer).
+        """
         super().__init__()
-        self.config = as_config(input_size, args, options)
+        refuse_unknown_options(type(self).__name__, unknown)
+        options = {
+            "hidden_sizes": hidden_sizes,
+            "num_modules": num_modules,
+            "top_k": top_k,
+            "cell": cell,
+            "top_down": top_down,
+            "communication": communication,
+            "input_heads": input_heads,
+            "input_key_size": input_key_size,
+            "input_value_factor": input_value_factor,
+            "comm_heads": comm_heads,
+            "comm_key_size": comm_key_size,
+            "comm_value_size": comm_value_size,
+            "attention_dropout": attention_dropout,
+            "batch_first": batch_first,
+            "backend": backend,
+        }
+        # Only what differs from the defaults: BRIMs(config) with nothing else is the config alone.
+        given = {name: value for name, value in options.items() if not is_default(name, value)}
+        self.config = as_config(input_size, (), given)
         self.cell = BRIMsCell(self.config)
         self.compiled: CompiledLoop | None = None  # set by compile_step()
 
@@ -43,9 +127,25 @@ class BRIMs(nn.Module):
             config = BRIMsConfig.from_dict(config)
         return cls(config)
 
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> BRIMs:
+        """The model that :meth:`save_pretrained` wrote to ``folder``, its weights on ``device``.
+
+        The parameters keep the dtype they were saved in; the model is in training mode, as a new
+        module is (call ``.eval()`` for inference: attention dropout is on in training mode).
+        Raises ``FileNotFoundError`` or ``ValueError`` naming the file that is missing or wrong.
+        """
+        return pretrained.load_pretrained(folder, cls, device)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` to ``folder`` (made if missing), each
+        atomically; returns the folder. :meth:`from_pretrained` reads them back."""
+        return pretrained.save_pretrained(self, folder)
+
     def init_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> BRIMsState:
+        """Zero state for ``batch_size`` sequences (on the parameters' device and dtype by default)."""
         return self.cell.init_state(batch_size, device, dtype)
 
     def compile_step(self, steps_per_call: int = 4, **compile_options: Any) -> BRIMs:
@@ -64,10 +164,29 @@ class BRIMs(nn.Module):
     def forward(
         self, x: Tensor, state: BRIMsState | None = None, *, return_diagnostics: bool = False
     ) -> tuple[Tensor, BRIMsState] | tuple[Tensor, BRIMsState, BRIMsDiagnostics]:
+        """Run the network over a sequence.
+
+        Args:
+            x: ``(T, B, input_size)``, or ``(B, T, input_size)`` when ``batch_first``; on the
+                parameters' device and in their dtype.
+            state: where to start: a :class:`BRIMsState`, one ``(B, hidden_sizes[l])`` tensor per
+                layer in ``h`` and ``c`` (what :meth:`init_state` makes and every call returns);
+                ``None`` (default) starts from zeros. Not ``nn.LSTM``'s ``(h, c)`` pair of tensors.
+            return_diagnostics: also return what the modules did.
+
+        Returns:
+            ``(output, state)``, or ``(output, state, diagnostics)`` with ``return_diagnostics``:
+            ``output`` is the top layer's ``h`` at every step, ``(T, B, hidden_sizes[-1])``
+            (``(B, T, ...)`` when ``batch_first``); ``state`` is the :class:`BRIMsState` after
+            the last step (pass it back in to continue the sequence exactly); ``diagnostics`` is a
+            :class:`BRIMsDiagnostics`, per layer the active modules ``(T, B, n_l)`` (bool) and the
+            input attention ``(T, B, n_l, 1 + S_l)`` (time and batch axes as ``output``'s).
+        """
         layout = "(B, T, input_size)" if self.config.batch_first else "(T, B, input_size)"
         x = self.cell.check_input(x, 3, layout)
         if self.config.batch_first:
             x = x.transpose(0, 1)  # (T, B, F)
+        refuse_tensor_pair(state)
         state = self.cell.check_state(state, x.shape[1], x)
         if self.compiled is None:
             # unbind, not x[t]: indexing makes backward O(T^2)
@@ -82,13 +201,25 @@ class BRIMs(nn.Module):
             return output, state
         return output, state, diagnostics
 
+    def extra_repr(self) -> str:
+        config = self.config
+        shown = {"input_size", "hidden_sizes", "num_modules", "top_k", "cell", "top_down"}
+        parts = [f"{name}={getattr(config, name)!r}" for name in CONFIG_FIELDS if name in shown]
+        parts += [
+            f"{name}={getattr(config, name)!r}"
+            for name in CONFIG_FIELDS
+            if name not in shown and getattr(config, name) != DEFAULTS[name]
+        ]
+        parts.append(f"parameters={sum(p.numel() for p in self.parameters()):,}")
+        return ", ".join(parts)
+
 
 class RIMs(BRIMs):
     """Recurrent Independent Mechanisms (Goyal et al., 2019): one BRIMs layer, no top-down.
 
     ``RIMs(input_size, hidden_size=600, num_modules=6, top_k=4, **options)`` (the RIMs paper's
-    sizes; ``options`` are the other fields of :class:`BRIMsConfig`), or ``RIMs(config)`` with a
-    one-layer config.
+    sizes; ``options`` are the other fields of :class:`BRIMsConfig`, keyword only), or
+    ``RIMs(config)`` with a one-layer config without top-down.
     """
 
     def __init__(
@@ -97,16 +228,114 @@ class RIMs(BRIMs):
         hidden_size: int = 600,
         num_modules: int = 6,
         top_k: int = 4,
-        **options: Any,
+        *,
+        cell: str = BRIMsConfig.cell,
+        communication: bool = BRIMsConfig.communication,
+        input_heads: int = BRIMsConfig.input_heads,
+        input_key_size: int = BRIMsConfig.input_key_size,
+        input_value_factor: int = BRIMsConfig.input_value_factor,
+        comm_heads: int = BRIMsConfig.comm_heads,
+        comm_key_size: int = BRIMsConfig.comm_key_size,
+        comm_value_size: int = BRIMsConfig.comm_value_size,
+        attention_dropout: float = BRIMsConfig.attention_dropout,
+        batch_first: bool = BRIMsConfig.batch_first,
+        backend: str = BRIMsConfig.backend,
+        **unknown: Any,
     ) -> None:
+        """Build one layer of ``num_modules`` modules of ``hidden_size // num_modules`` units,
+        ``top_k`` of them active per step, without top-down; the keyword options mean what they
+        mean for :class:`BRIMs` (and have its defaults)."""
+        if "top_down" in unknown or "hidden_sizes" in unknown:
+            raise TypeError("RIMs is one layer without top-down: use hidden_size, num_modules and top_k")
+        if "num_layers" in unknown:
+            raise TypeError(
+                "RIMs is one layer: for a stack of num_layers layers of H units use brims.BRIMs(input_size, "
+                "hidden_sizes=(H,) * num_layers, num_modules=(n,) * num_layers, top_k=(k,) * num_layers)"
+            )
+        refuse_unknown_options(type(self).__name__, unknown)
+        options = {
+            "cell": cell,
+            "communication": communication,
+            "input_heads": input_heads,
+            "input_key_size": input_key_size,
+            "input_value_factor": input_value_factor,
+            "comm_heads": comm_heads,
+            "comm_key_size": comm_key_size,
+            "comm_value_size": comm_value_size,
+            "attention_dropout": attention_dropout,
+            "batch_first": batch_first,
+            "backend": backend,
+        }
         if isinstance(input_size, BRIMsConfig):
             if input_size.num_layers != 1:
                 raise ValueError(f"RIMs has one layer, got a config with {input_size.num_layers}")
+            given = [name for name, value in options.items() if not is_default(name, value)]
+            given += [
+                name
+                for name, value, default in (("hidden_size", hidden_size, 600), ("num_modules", num_modules, 6),
+                                             ("top_k", top_k, 4))
+                if value != default
+            ]
+            if given:
+                raise TypeError(f"pass either a BRIMsConfig or RIMs' arguments, not both: {sorted(given)}")
             super().__init__(input_size)
             return
         for name, value in (("hidden_size", hidden_size), ("num_modules", num_modules), ("top_k", top_k)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int for RIMs (one layer), got {value!r}")
-        if "top_down" in options or "hidden_sizes" in options:
-            raise TypeError("RIMs is one layer without top-down: use hidden_size, num_modules and top_k")
         super().__init__(input_size, (hidden_size,), (num_modules,), (top_k,), top_down=False, **options)
+
+
+# ---- argument checks --------------------------------------------------------------------------------
+
+
+def is_default(name: str, value: Any) -> bool:
+    """Whether ``value`` is BRIMsConfig's default for ``name`` (same type and value)."""
+    default = DEFAULTS[name]
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def refuse_unknown_options(owner: str, unknown: Mapping[str, Any]) -> None:
+    """A ``TypeError`` for keywords that are no option; ``nn.LSTM``'s sizes get their equivalent."""
+    if not unknown:
+        return
+    if "hidden_size" in unknown or "num_layers" in unknown:
+        hidden = unknown.get("hidden_size", "H")
+        layers = unknown.get("num_layers", 1 if "hidden_size" in unknown else "num_layers")
+        concrete = isinstance(layers, int) and not isinstance(layers, bool) and layers > 0
+        count = layers if concrete else "num_layers"
+        if concrete and isinstance(hidden, int) and not isinstance(hidden, bool):
+            sizes = f"hidden_sizes={(hidden,) * layers}"
+        else:
+            sizes = f"hidden_sizes=({hidden},) * {count}"
+        given = ", ".join(f"{name}={unknown[name]!r}" for name in ("hidden_size", "num_layers") if name in unknown)
+        one_layer = owner == "BRIMs" and (count == 1 or "num_layers" not in unknown)
+        raise TypeError(
+            f"{owner} takes one hidden size per layer, not nn.LSTM's hidden_size and num_layers (got {given}): "
+            f"pass {sizes}, num_modules=(n,) * {count} and top_k=(k,) * {count} (n modules per layer, k of them "
+            "active; each hidden size divisible by its n, 1 <= k <= n)"
+            + ("; brims.RIMs(input_size, hidden_size=H, num_modules=n, top_k=k) is one layer without top-down"
+               if one_layer else "")
+        )
+    names = sorted(unknown)
+    hints = [f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, CONFIG_FIELDS, 1)) else name
+             for name in names]
+    raise TypeError(
+        f"{owner}() got unexpected keyword argument{'s' if len(names) > 1 else ''} {', '.join(hints)}; "
+        f"the options are BRIMsConfig's fields: {', '.join(CONFIG_FIELDS)}"
+    )
+
+
+def refuse_tensor_pair(state: Any) -> None:
+    """A ``TypeError`` that describes (not prints) an ``nn.LSTM``-style ``(h, c)`` of tensors given as the state."""
+    if not isinstance(state, tuple) or not any(isinstance(part, Tensor) for part in state):
+        return
+    described = ", ".join(
+        str(tuple(part.shape)) if isinstance(part, Tensor) else type(part).__name__ for part in state
+    )
+    noun = "tensors" if all(isinstance(part, Tensor) for part in state) else "items"
+    raise TypeError(
+        f"state: got a {type(state).__name__} of {len(state)} {noun} with shapes {described}; BRIMs takes a "
+        "BRIMsState, one (B, hidden_sizes[l]) tensor per layer in h and c (model.init_state(batch_size), or the "
+        "state a call returned), not nn.LSTM's (h, c) pair of tensors"
+    )

@@ -21,6 +21,7 @@ import torch
 
 from brims import __version__
 from brims_experiments.compile_cache import keep_compiled_code
+from brims_experiments.export import add_export_command
 from brims_experiments.reproduce.commands import add_commands as add_reproduce_commands
 from brims_experiments.train.commands import add_commands as add_experiment_commands
 from brims_experiments.tasks.copying import CopyingMetrics, CopyingTaskConfig, copying_loss, copying_metrics, make_copying_batch
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=run_demo, command_parser=demo)
     add_experiment_commands(commands)
+    add_export_command(commands)
     add_reproduce_commands(commands)
     return parser
 
