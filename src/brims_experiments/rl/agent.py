@@ -16,16 +16,18 @@ the skip the BRIMs policy stayed at random play for 35k steps of hidden-velocity
 with it the reactive part of the policy learns at once and the core has to supply the memory.
 Every core kind gets the same heads.
 
-The state is kept flat, ``(B, S)``, whatever the core: a rollout stores it per step and the
-update re-runs the core from the stored chunk-start states.
+Outside the forward pass the state is kept flat, ``(B, S)`` (the core's ``flatten_state``,
+whatever its kind): a rollout stores it per step and the update re-runs the core from the
+stored chunk-start states.
 """
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
-from brims.cell import BRIMsState
 from brims_experiments.rl.config import RLModelConfig
 from brims_experiments.rl.envs import EnvSpaces
 from brims_experiments.tasks.cores import RecurrentCore
@@ -119,28 +121,10 @@ class RecurrentActorCritic(nn.Module):
         nn.init.zeros_(self.policy.bias)
         nn.init.orthogonal_(self.value.weight, gain=1.0)
         nn.init.zeros_(self.value.bias)
-        core = config.core
-        # Flat state: BRIMs (h per layer, then c per layer); LSTM (h of every layer, then c).
-        self._state_sizes = list(core.hidden_sizes) * 2
-        self.state_size = sum(self._state_sizes)
+        self.state_size = self.core.state_size  # S
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.zeros(batch, self.state_size, device=device)  # (B, S)
-
-    def _unflatten(self, flat: Tensor) -> object:
-        parts = flat.split(self._state_sizes, dim=-1)
-        half = len(parts) // 2
-        if self.core.is_modular:
-            return BRIMsState(tuple(parts[:half]), tuple(parts[half:]))
-        h = torch.stack(parts[:half]).contiguous()  # (L, B, H)
-        c = torch.stack(parts[half:]).contiguous()
-        return h, c
-
-    def _flatten(self, state: object) -> Tensor:
-        if self.core.is_modular:
-            return torch.cat([*state.h, *state.c], dim=-1)  # (B, S)
-        h, c = state  # (L, B, H) each
-        return torch.cat([*h.unbind(0), *c.unbind(0)], dim=-1)  # (B, S)
+        return self.core.flatten_state(self.core.initial_state(batch, device))  # (B, S) zeros
 
     def forward(self, obs: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """A sequence: ``obs (T, B, *obs)``, ``state (B, S)`` before step 0, ``starts (T, B)``
@@ -153,14 +137,14 @@ class RecurrentActorCritic(nn.Module):
         steps, batch = starts.shape
         x = self.encoder(obs.flatten(0, 1)).view(steps, batch, -1)  # (T, B, E)
         cuts = [0, *(starts[1:].any(dim=1).nonzero().flatten() + 1).tolist(), steps]
+        core_state = self.core.unflatten_state(state)
         outputs = []
-        for begin, end in zip(cuts[:-1], cuts[1:]):
-            state = state * (~starts[begin]).unsqueeze(-1).to(state.dtype)  # (B, S): zero new episodes
-            output, core_state, _ = self.core(x[begin:end], self._unflatten(state))  # (t, B, H)
-            state = self._flatten(core_state)
+        for begin, end in itertools.pairwise(cuts):
+            core_state = self.core.reset_rows(core_state, starts[begin])  # zero new episodes
+            output, core_state, _ = self.core(x[begin:end], core_state)  # (t, B, H)
             outputs.append(output)
         hidden = torch.cat([torch.cat(outputs), x], dim=-1)  # (T, B, H + E): the skip connection
-        return self.policy(hidden), self.value(hidden).squeeze(-1), state
+        return self.policy(hidden), self.value(hidden).squeeze(-1), self.core.flatten_state(core_state)
 
     def step(self, obs: Tensor, state: Tensor, starts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One step: ``obs (B, *obs)``, ``state (B, S)``, ``starts (B,)`` → ``logits (B, A)``,

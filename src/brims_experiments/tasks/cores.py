@@ -6,7 +6,12 @@
   modules, 4 active); its ``brims`` options must describe one layer;
 - ``lstm``: ``torch.nn.LSTM`` with the ``brims`` options' layers and (equal) hidden sizes.
 
-Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across calls.
+Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across calls. The state's
+type depends on the kind (a :class:`brims.BRIMsState` for the modular kinds, ``nn.LSTM``'s
+``(h, c)`` for ``lstm``), and only this module looks inside one: :class:`RecurrentCore` starts,
+resets, detaches, moves, flattens and serialises the state of every kind, and the module
+functions :func:`detach_state`, :func:`state_to`, :func:`state_to_plain` and
+:func:`state_from_plain` serve code that holds a state without its core (a checkpoint).
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ import dataclasses
 import importlib.util
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from brims.cell import BRIMsState
 from brims.config import BRIMsConfig
 from brims.model import BRIMs
 
@@ -27,6 +35,11 @@ CORE_KINDS = ("brims", "rims", "brims-no-top-down", "lstm")
 MODULAR_KINDS = ("brims", "rims", "brims-no-top-down")
 BRIMS_FIELDS = tuple(f.name for f in dataclasses.fields(BRIMsConfig))
 SET_BY_THE_TASK = ("input_size", "batch_first")  # the task's input width; the harness runs time-first
+
+State = Any
+"""A core's carried state: :class:`brims.BRIMsState` (``h`` and ``c``, one ``(B, H_l)`` tensor per
+layer) for the modular kinds, ``nn.LSTM``'s ``(h, c)`` (each ``(L, B, H)``) for ``lstm``."""
+PLAIN_KINDS = ("brims", "lstm")  # the ``kind`` of a plain state: every modular kind stores "brims"
 
 
 @dataclass(frozen=True)
@@ -175,3 +188,130 @@ class RecurrentCore(nn.Module):
             return self.network(x, state, return_diagnostics=True)
         output, state = self.network(x, state)  # (T, B, H)
         return output, state, None
+
+    # ---- the carried state, whatever the kind -----------------------------------------------------
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None,
+                      dtype: torch.dtype | None = None) -> State:
+        """Zeros for ``batch_size`` sequences (on the parameters' device and dtype by default): the
+        state ``forward`` starts from when given none."""
+        if self.is_modular:
+            return self.network.init_state(batch_size, device, dtype)
+        reference = self.network.weight_hh_l0
+        h = torch.zeros(self.network.num_layers, batch_size, self.network.hidden_size,
+                        device=reference.device if device is None else device,
+                        dtype=reference.dtype if dtype is None else dtype)  # (L, B, H)
+        return h, torch.zeros_like(h)
+
+    def reset_rows(self, state: State, rows: Tensor) -> State:
+        """``state`` with the rows where ``rows`` (bool ``(B,)``) is True set to zeros (episode
+        starts); the other rows are unchanged, bit for bit. ``state`` itself is left as it is."""
+        batch = self._parts(state)[0].shape[0]
+        if not isinstance(rows, Tensor):
+            got = type(rows).__name__
+        elif rows.shape != (batch,):
+            got = f"shape {tuple(rows.shape)}"
+        elif rows.dtype != torch.bool:
+            got = f"dtype {rows.dtype}"
+        else:
+            got = None
+        if got is not None:
+            raise ValueError(f"rows must be a bool tensor of shape (B,)=({batch},), got {got}")
+        if self.is_modular:
+            return state.reset_rows(rows)
+        reset = rows.view(1, -1, 1)  # (1, B, 1)
+        return tuple(torch.where(reset, 0.0, t) for t in state)  # (L, B, H) each
+
+    def detach_state(self, state: State | None) -> State | None:
+        """The same values cut from the graph (truncated back-propagation through time)."""
+        return detach_state(state)
+
+    def state_to(self, state: State | None, device: torch.device | str) -> State | None:
+        """The state on ``device`` (a resumed run restores it on the CPU)."""
+        return state_to(state, device)
+
+    @property
+    def state_size(self) -> int:
+        """``S``, the features of :meth:`flatten_state`'s ``(B, S)``: ``h`` and ``c`` of every layer."""
+        return 2 * sum(self.config.hidden_sizes)
+
+    def _parts(self, state: State) -> list[Tensor]:
+        """The state's tensors, one ``(B, H_l)`` per layer: ``h`` bottom to top, then ``c``."""
+        if self.is_modular:
+            return [*state.h, *state.c]
+        h, c = state  # (L, B, H) each
+        return [*h.unbind(0), *c.unbind(0)]
+
+    def flatten_state(self, state: State) -> Tensor:
+        """``(B, S)``: ``h`` of every layer bottom to top, then ``c`` (a rollout stores it per step)."""
+        return torch.cat(self._parts(state), dim=-1)
+
+    def unflatten_state(self, flat: Tensor) -> State:
+        """The state of :meth:`flatten_state`'s ``(B, S)``."""
+        parts = flat.split(list(self.config.hidden_sizes) * 2, dim=-1)
+        half = len(parts) // 2
+        if self.is_modular:
+            return BRIMsState(tuple(parts[:half]), tuple(parts[half:]))
+        return torch.stack(parts[:half]).contiguous(), torch.stack(parts[half:]).contiguous()  # (L, B, H) each
+
+    def state_to_plain(self, state: State | None) -> dict[str, Any] | None:
+        """The state as a plain dict of tensors, for checkpoints (see :func:`state_to_plain`)."""
+        return state_to_plain(state)
+
+    def state_from_plain(self, plain: dict[str, Any] | None) -> State | None:
+        """The state of :meth:`state_to_plain`'s dict; refuses one of the other family's kinds."""
+        if plain is not None:
+            mine = "brims" if self.is_modular else "lstm"
+            if plain.get("kind") in PLAIN_KINDS and plain["kind"] != mine:
+                article = "an" if mine == "lstm" else "a"
+                raise ValueError(f"a {plain['kind']} state cannot continue {article} {mine} core")
+        return state_from_plain(plain)
+
+
+# ---- states held without their core (checkpoints, the language task's carried state) --------------
+
+
+def _map_state(function: Callable[[Tensor], Tensor], state: State | None) -> State | None:
+    """``function`` applied to each of the state's tensors, the kind's structure kept."""
+    if state is None:
+        return None
+    if isinstance(state, BRIMsState):
+        return BRIMsState(tuple(function(t) for t in state.h), tuple(function(t) for t in state.c))
+    h, c = state
+    return function(h), function(c)
+
+
+def detach_state(state: State | None) -> State | None:
+    """The state's values cut from the graph (truncated back-propagation through time)."""
+    return _map_state(Tensor.detach, state)
+
+
+def state_to(state: State | None, device: torch.device | str) -> State | None:
+    """The state on ``device``."""
+    return _map_state(lambda t: t.to(device), state)
+
+
+def state_to_plain(state: State | None) -> dict[str, Any] | None:
+    """A state as plain lists of tensors (checkpoints load with ``weights_only=True``).
+
+    ``{"kind": "brims", "h": [(B, H_l) per layer], "c": [...]}`` for every modular kind,
+    ``{"kind": "lstm", "h": [(L, B, H)], "c": [(L, B, H)]}`` for ``lstm``: the format
+    checkpoints have always stored.
+    """
+    if state is None:
+        return None
+    if isinstance(state, BRIMsState):
+        return {"kind": "brims", "h": list(state.h), "c": list(state.c)}
+    return {"kind": "lstm", "h": [state[0]], "c": [state[1]]}
+
+
+def state_from_plain(plain: dict[str, Any] | None) -> State | None:
+    """The state of :func:`state_to_plain`'s dict."""
+    if plain is None:
+        return None
+    kind = plain.get("kind")
+    if kind not in PLAIN_KINDS:
+        raise ValueError(f"unknown state kind {kind!r} in a checkpoint (expected one of {PLAIN_KINDS})")
+    if kind == "brims":
+        return BRIMsState(tuple(plain["h"]), tuple(plain["c"]))
+    return plain["h"][0], plain["c"][0]

@@ -4,7 +4,8 @@ The model follows the usual word-language-model conventions (pytorch/examples): 
 dropout, the recurrent core, dropout, a linear readout to the vocabulary (optionally tied to
 the embedding), trained with truncated back-propagation through time: the text is cut into
 ``B`` contiguous streams, read ``seq_len`` steps at a time, and the recurrent state is carried
-from one window to the next (detached).
+from one window to the next (detached: :func:`detach_state`; the core's own state operations,
+whatever its kind, are in :mod:`brims_experiments.tasks.cores`).
 
 Dimension legend: B = streams (batch), T = window length, V = vocabulary, E = embedding size,
 H = core output size.
@@ -17,8 +18,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from brims.cell import BRIMsState
-from brims_experiments.tasks.cores import CoreConfig, RecurrentCore
+from brims_experiments.tasks.cores import (
+    CoreConfig,
+    RecurrentCore,
+    detach_state,
+    state_from_plain,
+    state_to,
+    state_to_plain,
+)
+
+# The carried state's operations are the core's (any kind); these serve the trainer, which holds
+# the state between batches and in checkpoints without the model at hand.
+__all__ = ["LanguageModel", "detach_state", "move_state", "sample", "state_from_plain", "state_to_plain"]
 
 
 class LanguageModel(nn.Module):
@@ -51,39 +62,9 @@ class LanguageModel(nn.Module):
         return (logits, state, diagnostics) if return_diagnostics else (logits, state)
 
 
-def detach_state(state: Any) -> Any:
-    """The state with its history cut (truncated back-propagation through time)."""
-    if state is None:
-        return None
-    if isinstance(state, BRIMsState):
-        return state.detach()
-    return tuple(t.detach() for t in state)  # nn.LSTM's (h, c)
-
-
 def move_state(state: Any, device: torch.device) -> Any:
     """The carried state on ``device`` (a resumed run restores it on the CPU)."""
-    if state is None:
-        return None
-    if isinstance(state, BRIMsState):
-        return BRIMsState(tuple(t.to(device) for t in state.h), tuple(t.to(device) for t in state.c))
-    return tuple(t.to(device) for t in state)
-
-
-def state_to_plain(state: Any) -> dict[str, list[Tensor]] | None:
-    """A carried state as plain lists of tensors (checkpoints load with ``weights_only=True``)."""
-    if state is None:
-        return None
-    if isinstance(state, BRIMsState):
-        return {"kind": "brims", "h": list(state.h), "c": list(state.c)}
-    return {"kind": "lstm", "h": [state[0]], "c": [state[1]]}
-
-
-def state_from_plain(plain: dict[str, Any] | None) -> Any:
-    if plain is None:
-        return None
-    if plain["kind"] == "brims":
-        return BRIMsState(tuple(plain["h"]), tuple(plain["c"]))
-    return plain["h"][0], plain["c"][0]
+    return state_to(state, device)
 
 
 @torch.no_grad()

@@ -32,11 +32,13 @@ output size, C = channels.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from brims.cell import BRIMsDiagnostics
+from brims.cell import BRIMsDiagnostics, join_diagnostics
 from brims_experiments.tasks.cores import CoreConfig, RecurrentCore
 
 Curtain = tuple[int, int]  # hidden columns [start, stop)
@@ -60,11 +62,6 @@ def hide(frames: Tensor, curtain: Curtain | None) -> Tensor:
     return frames * visible  # (..., S, S)
 
 
-def concat_diagnostics(parts: list[BRIMsDiagnostics]) -> BRIMsDiagnostics:
-    """Diagnostics of consecutive core calls ``(T_i, B, ...)`` joined along time."""
-    return BRIMsDiagnostics(*(tuple(torch.cat(layer) for layer in zip(*field)) for field in zip(*parts)))
-
-
 class VideoPredictor(nn.Module):
     """Encoder → core → decoder with a teacher-forced prefix and a closed-loop rollout (see the
     module docstring)."""
@@ -80,7 +77,7 @@ class VideoPredictor(nn.Module):
         widths = [1] + [channels * 2**i for i in range(conv_layers)]  # (1, c, 2c, ..)
         side = frame_size // 2**conv_layers
         encoder: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
+        for c_in, c_out in itertools.pairwise(widths):
             encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
         # LayerNorm: unit-scale frame features, so that the input attention's logits are not
         # all near 0 at the start (the sparse frames otherwise give tiny embeddings).
@@ -132,7 +129,8 @@ class VideoPredictor(nn.Module):
             logits.append(self.decode(output, fed))  # (1, B, S, S)
             parts.append(diagnostics)
         result = torch.cat(logits).transpose(0, 1)  # (B, T-1, S, S)
-        return (result, concat_diagnostics(parts)) if return_diagnostics else result
+        # The core calls' diagnostics (T_i, B, ...) joined along time.
+        return (result, join_diagnostics(parts, torch.cat)) if return_diagnostics else result
 
 
 def bce_per_frame(logits: Tensor, targets: Tensor) -> Tensor:
