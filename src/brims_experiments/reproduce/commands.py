@@ -65,7 +65,14 @@ def _report(suite: Any, results: Path, readme: str | None) -> None:
 
 
 def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
+    from brims_experiments.reproduce.runner import (
+        estimate_minutes,
+        execute,
+        fetches_needed,
+        plan,
+        record_session,
+        status,
+    )
     from brims_experiments.reproduce.suites import load_suite
 
     suite = load_suite(args.suite)
@@ -83,6 +90,10 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         print(f"estimated wall time for what is not finished, {jobs} at a time: "
               f"{estimate_minutes(runs, states, jobs):.0f} min (from the suite's per-run estimates"
               + (", on one GPU)" if suite.machine == "gpu" else ", on 2 CPU cores)"))
+        fetches = fetches_needed(runs, states)
+        if fetches:
+            print(f"needs: {', '.join(fetches)} (data sets not yet prepared; fetch them before the suite, or its "
+                  "runs that read them fail)")
         return 0
     _check_readme(args.readme, suite.name, parser)
     args.run_folder = None

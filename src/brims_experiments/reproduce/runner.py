@@ -21,10 +21,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from brims_experiments.reproduce.suites import Experiment, Suite
 from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE, ConfigError, atomic_write_text
@@ -219,6 +220,36 @@ def record_session(results: Path, session: dict[str, Any]) -> None:
         sessions.append(session)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
+
+
+def data_of(config: Any) -> tuple[str, str | None] | None:
+    """The fetched data set a run's config reads and its ``data.data_dir`` (None: the default data
+    root); None for the generated tasks (adding, copying, bouncing balls) and RL, which fetch nothing."""
+    data = getattr(config, "data", None)
+    name = {"seqimage": getattr(data, "dataset", None), "lm": getattr(data, "corpus", None),
+            "video": "mnist" if getattr(data, "dataset", None) == "mnist" else None}.get(getattr(config, "task", None))
+    return (name, data.data_dir) if name else None
+
+
+def fetches_needed(runs: list[PlannedRun], states: dict[str, str]) -> list[str]:
+    """The ``brims fetch`` commands the runs that are not finished need first, one per data set they
+    read that is not prepared under its data root (``data.data_dir``, else ``$BRIMS_DATA`` or
+    ``~/.cache/brims/data``): prepared means its folder has the manifest that ``brims fetch`` writes last."""
+    from brims_experiments.data import corpora, images
+    from brims_experiments.data.store import MANIFEST, data_root
+
+    commands = []
+    for run in runs:
+        found = data_of(run.config()) if states[run.name] != "finished" else None
+        if found is None or (data_root(found[1]) / found[0] / MANIFEST).is_file():
+            continue
+        name, data_dir = found
+        command = images.fetch_hint(name) if name in images.IMAGE_DATASETS else corpora.fetch_hint(name)
+        if data_dir is not None:
+            command += f" --data-dir {shlex.quote(str(data_dir))}"
+        if command not in commands:
+            commands.append(command)
+    return commands
 
 
 def estimate_minutes(runs: list[PlannedRun], states: dict[str, str], jobs: int) -> float:

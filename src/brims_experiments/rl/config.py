@@ -18,7 +18,6 @@ from typing import Any
 
 import yaml
 
-from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.runs import (
     build_config,
     check_logger,
@@ -32,6 +31,7 @@ from brims_experiments.runs import (
     register_sections,
     require,
 )
+from brims_experiments.tasks.cores import CoreConfig
 
 TASK = "rl"
 
@@ -39,6 +39,17 @@ TASK = "rl"
 def _number_in(name: str, value: Any, low: float, high: float, meaning: str) -> None:
     require(isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high,
             f"{name} must be a number in {meaning}, got {value!r}")
+
+
+def _check_registered(env_id: str) -> None:
+    """A :class:`ConfigError` naming ``env.id`` with the closest registered ids, for an id gymnasium does
+    not know. Without the RL packages the check waits for the environment's construction, which then
+    says what to install."""
+    try:
+        from brims_experiments.rl.envs import check_env_id  # imports gymnasium (and envs imports this module)
+    except ModuleNotFoundError:
+        return
+    check_env_id(env_id)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         require(isinstance(self.id, str) and bool(self.id), f"env.id must be an environment id, got {self.id!r}")
+        _check_registered(self.id)  # first: a typo in the id is the error to report, not an option it lacks
         require(isinstance(self.hide_velocity, bool), f"env.hide_velocity must be true or false, got {self.hide_velocity!r}")
         require(not self.hide_velocity or self.id.startswith("CartPole-"),
                 f"env.hide_velocity applies to CartPole only, not {self.id}")
@@ -68,9 +80,9 @@ class RLModelConfig:
     encoder_size: features the observation encoder (MLP or CNN) hands the core at each step.
     """
 
-    core: CoreConfig = field(default_factory=lambda: CoreConfig(brims=dict(
-        hidden_sizes=(64, 64), num_modules=(4, 2), top_k=(2, 1), input_heads=1, input_key_size=16,
-        comm_heads=1, comm_key_size=16, comm_value_size=16, attention_dropout=0.0)))
+    core: CoreConfig = field(default_factory=lambda: CoreConfig(brims={
+        "hidden_sizes": (64, 64), "num_modules": (4, 2), "top_k": (2, 1), "input_heads": 1, "input_key_size": 16,
+        "comm_heads": 1, "comm_key_size": 16, "comm_value_size": 16, "attention_dropout": 0.0}))
     encoder_size: int = 64
 
     def __post_init__(self) -> None:
@@ -112,7 +124,8 @@ class PPOConfig:
             positive_int(f"ppo.{name}", getattr(self, name))
         require(self.rollout_steps % self.chunk_length == 0,
                 f"ppo.rollout_steps ({self.rollout_steps}) must be a multiple of ppo.chunk_length ({self.chunk_length})")
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"ppo.lr must be > 0, got {self.lr!r}")
+        require(isinstance(self.lr, (int, float)) and not isinstance(self.lr, bool) and self.lr > 0,
+                f"ppo.lr must be a number > 0, got {self.lr!r}")
         _number_in("ppo.gamma", self.gamma, 0, 1, "[0, 1]")
         _number_in("ppo.gae_lambda", self.gae_lambda, 0, 1, "[0, 1]")
         _number_in("ppo.clip", self.clip, 1e-6, 1, "(0, 1]")

@@ -17,12 +17,13 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
 from brims_experiments.rl.config import EnvConfig
+from brims_experiments.runs import ConfigError
 
 log = logging.getLogger(__name__)
 MINIGRID_SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)  # highest object, colour and state index
@@ -30,6 +31,11 @@ MINIGRID_SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)  # highest object,
 
 class EnvError(ValueError):
     """An environment is unknown or has spaces the agent does not support."""
+
+
+class UnknownEnvError(EnvError, ConfigError):
+    """``env.id`` is no registered gymnasium id: an environment error and a config error (refused when
+    the config is read, before any other ``env`` option is checked)."""
 
 
 def _register_families() -> None:
@@ -43,7 +49,7 @@ def _register_families() -> None:
 class HiddenVelocity(gym.ObservationWrapper):
     """CartPole seen through position and angle only: ``(4,) -> (2,)``."""
 
-    KEEP = [0, 2]  # cart position, pole angle; 1 and 3 are their velocities
+    KEEP: ClassVar[list[int]] = [0, 2]  # cart position, pole angle; 1 and 3 are their velocities
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
@@ -81,13 +87,13 @@ class PooledFrame(gym.ObservationWrapper):
 
 
 def check_env_id(env_id: str) -> None:
-    """Raise :class:`EnvError` for an id gymnasium does not know (with the closest known ids)."""
+    """Raise :class:`UnknownEnvError` for an id gymnasium does not know (with the closest known ids)."""
     _register_families()
     if env_id in gym.envs.registry:
         return
     close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. CartPole-v1, MiniGrid-MemoryS7-v0, ALE/Pong-v5"
-    raise EnvError(f"env.id {env_id!r} is not a registered gymnasium environment{hint}")
+    raise UnknownEnvError(f"env.id {env_id!r} is not a registered gymnasium environment{hint}")
 
 
 def make_env(config: EnvConfig) -> gym.Env:

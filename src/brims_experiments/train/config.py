@@ -36,11 +36,29 @@ from brims_experiments.runs import (
     positive_int,
     register_sections,
     require,
-    tuple_fields,
 )
 from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.tasks.seqimage import Noise
 from brims_experiments.tasks.video import check_frame_size
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # YAML's true is an int to Python
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def list_field(config: Any, name: str, is_element: Any, what: str, example: str) -> None:
+    """Check that the field ``name`` of ``config`` (a ``data`` section) is a list of ``what`` (each passing
+    ``is_element``) and hold it as a tuple; else a :class:`ConfigError` naming ``data.<name>``, the list it
+    wants (``example``) and what it got: ``data.test_lengths=100`` (a scalar) used to fail deep in the
+    validation with "'int' object is not iterable", and a string was read letter by letter."""
+    value = getattr(config, name)
+    require(isinstance(value, (list, tuple)) and all(is_element(item) for item in value),
+            f"data.{name} must be a list of {what}, like {example}, got {value!r}")
+    object.__setattr__(config, name, tuple(value))
 
 
 @dataclass(frozen=True)
@@ -70,7 +88,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self.dataset in IMAGE_DATASETS, f"data.dataset must be one of {sorted(IMAGE_DATASETS)}, "
                 f"got {self.dataset!r}")
-        tuple_fields(self, "test_resolutions", "noise")
+        list_field(self, "test_resolutions", _is_int, "integers (image sides in pixels)", "[16, 19, 24]")
+        list_field(self, "noise", lambda item: isinstance(item, str), "corruptions <kind>-<level>",
+                   '["gaussian-0.1", "flip-0.02"] (or [] for none)')
         positive_int("data.train_resolution", self.train_resolution)
         for size in self.test_resolutions:
             positive_int("data.test_resolutions[]", size)
@@ -132,7 +152,7 @@ class CopyingDataConfig(GeneratedDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        tuple_fields(self, "test_gaps")
+        list_field(self, "test_gaps", _is_int, "integers (gaps in blanks)", "[100, 200]")
         positive_int("data.copy_length", self.copy_length)
         positive_int("data.num_classes", self.num_classes)
         for name, gap in [("data.train_gap", self.train_gap)] + [("data.test_gaps[]", g) for g in self.test_gaps]:
@@ -157,7 +177,7 @@ class AddingDataConfig(GeneratedDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        tuple_fields(self, "test_lengths")
+        list_field(self, "test_lengths", _is_int, "integers (sequence lengths)", "[100, 200]")
         for name, length in [("data.train_length", self.train_length)] + [("data.test_lengths[]", n)
                                                                          for n in self.test_lengths]:
             int_at_least(name, length, 2)
@@ -189,13 +209,13 @@ class LanguageDataConfig:
     def __post_init__(self) -> None:
         from brims_experiments.data.corpora import CORPORA
 
-        tuple_fields(self, "noise")
+        list_field(self, "noise", _is_number, "shares of tokens in (0, 1]", "[0.05, 0.2] (or [] for none)")
         require(self.corpus in CORPORA, f"data.corpus must be one of {sorted(CORPORA)}, got {self.corpus!r}")
         positive_int("data.seq_len", self.seq_len)
         positive_int("data.batch_size", self.batch_size)
         positive_int("data.eval_batch_size", self.eval_batch_size)
         for share in self.noise:
-            require(isinstance(share, (int, float)) and not isinstance(share, bool) and 0 < share <= 1,
+            require(0 < share <= 1,
                     f"data.noise entries must be shares in (0, 1], got {share!r}")
 
 
@@ -234,7 +254,9 @@ class VideoDataConfig(GeneratedDataConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        tuple_fields(self, "test_objects", "curtain")
+        list_field(self, "test_objects", _is_int, "integers (objects per sequence)", "[6, 8]")
+        list_field(self, "curtain", _is_number, "two fractions [start, stop) of the width",
+                   "[0.375, 0.625] (or [] for no curtain test)")
         require(self.dataset in VIDEO_DATASETS, f"data.dataset must be one of {VIDEO_DATASETS}, got {self.dataset!r}")
         positive_int("data.frame_size", self.frame_size)
         int_at_least("data.frames", self.frames, 3, " (a teacher-forced frame, a predicted one, a rolled-out one)")
@@ -248,7 +270,8 @@ class VideoDataConfig(GeneratedDataConfig):
                 f"data.curtain must be [] or [start, stop] with 0 <= start < stop <= 1, got {list(self.curtain)}")
         require(not self.curtain or self.curtain_columns[0] < self.curtain_columns[1],
                 f"data.curtain={list(self.curtain)} hides no whole column of {self.frame_size}-pixel frames")
-        require(isinstance(self.speed, (int, float)) and self.speed > 0, f"data.speed must be > 0, got {self.speed!r}")
+        require(_is_number(self.speed) and self.speed > 0, f"data.speed must be a number > 0, got {self.speed!r}")
+        require(_is_number(self.radius) and self.radius > 0, f"data.radius must be a number > 0, got {self.radius!r}")
         defaults = VideoDataConfig.__dataclass_fields__
         other = "digit_size" if self.dataset == "balls" else "radius"
         require(getattr(self, other) == defaults[other].default,
@@ -298,7 +321,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         positive_int("model.embedding_size", self.embedding_size)
-        require(isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1,
+        require(_is_number(self.dropout) and 0 <= self.dropout < 1,
                 f"model.dropout must be in [0, 1), got {self.dropout!r}")
         require(isinstance(self.tie_weights, bool), f"model.tie_weights must be true or false, got {self.tie_weights!r}")
         positive_int("model.conv_channels", self.conv_channels)
@@ -336,15 +359,21 @@ class TrainConfig:
     def __post_init__(self) -> None:
         positive_int("train.epochs", self.epochs)
         int_at_least("train.max_steps", self.max_steps, 0, " (0: no limit)")
-        require(isinstance(self.lr, (int, float)) and self.lr > 0, f"train.lr must be > 0, got {self.lr!r}")
-        require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
-                f"train.grad_clip must be >= 0 (0: off), got {self.grad_clip!r}")
+        require(_is_number(self.lr) and self.lr > 0, f"train.lr must be a number > 0, got {self.lr!r}")
+        require(_is_number(self.grad_clip) and self.grad_clip >= 0,
+                f"train.grad_clip must be a number >= 0 (0: off), got {self.grad_clip!r}")
+        int_at_least("train.seed", self.seed, 0)
         positive_int("train.checkpoint_every", self.checkpoint_every)
         int_at_least("train.validate_every", self.validate_every, 0, " (0: once per epoch)")
         require(not (self.max_steps and self.validate_every > self.max_steps),
                 f"train.validate_every={self.validate_every} exceeds train.max_steps={self.max_steps}: training "
                 "would stop before its first validation and leave no best checkpoint to test")
         int_at_least("train.threads", self.threads, 0, " (0: torch's default)")
+        devices = self.devices  # Lightning's: a count (-1: all), "auto", "0,1", or a list of indices
+        require((_is_int(devices) and (devices >= 1 or devices == -1)) or (isinstance(devices, str) and bool(devices))
+                or (isinstance(devices, (list, tuple)) and bool(devices)
+                    and all(_is_int(index) and index >= 0 for index in devices)),
+                f"train.devices must be auto, a count >= 1 (-1: all) or a list of device indices, got {devices!r}")
         check_logger(self.logger)
 
 

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from brims_experiments.runs import save_figure, title_of
 
-from brims_experiments.runs import save_figure, title_of  # noqa: E402
+matplotlib.use("Agg")  # files only (pyplot picks its backend at the first figure, not at import)
 
 log = logging.getLogger(__name__)
 SLOT_NAMES = ("null", "bottom-up", "top-down")
@@ -54,41 +55,92 @@ SUMMARIES = {
 LEARNING_METRIC = {"seqimage": "acc", "copying": "sequence_acc", "adding": "mse", "lm": "bpc", "video": "rollout_bce"}
 
 
-def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
-    """Loss and ``metric`` against the step, training (per logged step) and validation."""
-    series = read_log(run_dir)
-    if not series:
+# What a logged metric is, in words; the lower-is-better ones are drawn on a log axis.
+METRIC_WORDS = {"loss": "loss", "acc": "accuracy", "sequence_acc": "exact-sequence accuracy",
+                "mse": "mean squared error", "bpc": "bits per character",
+                "rollout_bce": "BCE per frame, closed-loop rollout (nats)"}
+HIGHER_IS_BETTER = ("acc", "sequence_acc")
+
+
+def loss_axis(axis: Any, values: Sequence[float], label: str) -> None:
+    """Label ``axis`` ``label`` and give it a log y-scale for ``values`` (losses, errors) that are all
+    positive, else a symlog one (linear near 0, where a log axis cannot go), saying which in the label:
+    on a linear axis a loss that falls by orders of magnitude looks like 0 after its first drop."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        axis.set_ylabel(label)
+        return
+    if min(finite) > 0:
+        axis.set_yscale("log")
+        axis.set_ylabel(f"{label} (log scale)")
+        return
+    sizes = [abs(v) for v in finite if v != 0]
+    axis.set_yscale("symlog", linthresh=min(sizes) if sizes else 1.0)
+    axis.set_ylabel(f"{label} (symlog scale: linear near 0)")
+
+
+def learning_curves_figure(series: dict[str, list[tuple[int, float]]], title: str, metric: str) -> Any:
+    """Two panels: the training loss at every logged step, and the validation ``metric`` at every
+    validation (the validation loss where the task logs no ``metric``, as word-level language models).
+
+    Each panel used to draw the training and the validation curve of one key, the loss and then
+    ``metric``; for the tasks whose metric is their loss (adding: ``mse``; character-level language
+    models: ``bpc``, the loss in bits) the two panels were the same picture. Losses and errors are drawn
+    on a log axis; accuracies on a linear one, in %."""
+    key = metric if f"val/{metric}" in series else "loss"
+    panels = [("train/loss", "training loss", "at every logged training step", "-"),
+              (f"val/{key}", f"validation {METRIC_WORDS.get(key, key)}", "at every validation", "o-")]
+    panels = [panel for panel in panels if series.get(panel[0])]
+    if not panels:
         return None
-    keys = ["loss"] + [metric] * any(key.endswith("/" + metric) for key in series)
-    figure, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
-    for key, axis in zip(keys, axes[0]):
-        for stage, style in (("train", "-"), ("val", "o-")):
-            points = series.get(f"{stage}/{key}")
-            if points:
-                steps, values = zip(*points)
-                axis.plot(steps, values, style, label=stage, alpha=0.8 if stage == "train" else 1.0, markersize=3)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for (name, label, when, style), axis in zip(panels, axes[0]):
+        steps, values = zip(*series[name])
+        if name.split("/")[1] in HIGHER_IS_BETTER:
+            axis.plot(steps, [100 * v for v in values], style, markersize=3)
+            axis.set_ylabel(f"{label} (%)")
+        else:
+            axis.plot(steps, values, style, markersize=3)
+            loss_axis(axis, values, label)
+        axis.set_title(f"{label}, {when}", fontsize=9)
         axis.set_xlabel("step")
-        axis.set_ylabel(key)
-        axis.legend()
         axis.grid(alpha=0.3)
     figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_learning_curves(run_dir: Path, title: str, metric: str) -> Path | None:
+    """``learning_curves.png`` of the run folder's CSV log (:func:`learning_curves_figure`)."""
+    figure = learning_curves_figure(read_log(run_dir), title, metric)
+    if figure is None:
+        return None
     path = run_dir / "learning_curves.png"
     save_figure(figure, path)
     return path
 
 
 def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """One line per run's ``metrics.json``: the task's test metric against its test condition
-    (resolution, gap or length); dotted: the training condition."""
-    task = runs[0].get("task", "seqimage")
-    if task == "video":
+    """:func:`summary_figure` (the video task's: ``plot_error_by_step``) saved at ``path``."""
+    if runs[0].get("task") == "video":
         from brims_experiments.train.video_plots import plot_error_by_step
 
         return plot_error_by_step(runs, path, title)
+    save_figure(summary_figure(runs, title), path)
+    return path
+
+
+def summary_figure(runs: Sequence[dict[str, Any]], title: str) -> Any:
+    """One line per run's ``metrics.json``: the task's test metric against its test condition
+    (resolution, gap, length or noise share); dotted: the training condition. An error (the adding
+    problem's MSE, a language model's bits per character or perplexity) is drawn on a log axis: on a
+    linear one beside the trivial predictor's MSE every trained model's looked like 0."""
+    task = runs[0].get("task", "seqimage")
     key, metric, xlabel, ylabel, scale, _ = SUMMARIES[task]
     noisy = task == "seqimage" and any(metrics.get("noise") for metrics in runs)
     figure, axes = plt.subplots(1, 2 if noisy else 1, figsize=(10.5 if noisy else 5.5, 3.8), squeeze=False)
     axis = axes[0][0]
+    drawn: list[float] = []
     for metrics in runs:
         if task == "lm":  # the clean test split at share 0, then each noise share
             metric = "bpc" if metrics["level"] == "char" else "ppl"
@@ -98,6 +150,7 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
             points = {int(c): result for c, result in metrics[key].items()}
         conditions = sorted(points)
         values = [scale * points[c][metric] for c in conditions]
+        drawn += values
         axis.plot(conditions, values, "o-", label=metrics.get("label", metrics["model"]))
         if task != "lm":  # resolutions, gaps and lengths are whole numbers: tick exactly those tested
             axis.set_xticks(conditions)
@@ -105,15 +158,18 @@ def plot_test_summary(runs: Sequence[dict[str, Any]], path: Path, title: str) ->
             axis.axvline(metrics["train_resolution"], color="grey", linestyle=":", linewidth=1)
     if "trivial_mse" in runs[0]:
         axis.axhline(runs[0]["trivial_mse"], color="grey", linestyle="--", linewidth=1, label="predict 1 (trivial)")
+        drawn.append(runs[0]["trivial_mse"])
     axis.set_xlabel(xlabel)
-    axis.set_ylabel(ylabel)
+    if task in ("adding", "lm"):  # errors: lower is better, over orders of magnitude
+        loss_axis(axis, drawn, ylabel)
+    else:
+        axis.set_ylabel(ylabel)
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
     if noisy:
         _plot_noise(axes[0][1], runs, scale)
-    save_figure(figure, path)
-    return path
+    return figure
 
 
 def _plot_noise(axis: Any, runs: Sequence[dict[str, Any]], scale: float) -> None:

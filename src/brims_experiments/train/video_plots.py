@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import torch
+from PIL import Image, ImageDraw
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from brims_experiments.data.store import atomic_write
+from brims_experiments.runs import save_figure
 
-from brims_experiments.data.store import atomic_write  # noqa: E402
-from brims_experiments.runs import save_figure  # noqa: E402
+matplotlib.use("Agg")  # files only (pyplot picks its backend at the first figure, not at import)
 
 STRIP_COLUMNS = 12  # frames shown per row of the strip
 GIF_SCALE = 4  # pixels per frame pixel in the GIF
@@ -72,31 +72,41 @@ def plot_strip(path: Path, title: str, shown: list[tuple[str, Any, torch.Tensor,
 
 
 def plot_error_by_step(runs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
-    """One panel per test condition: BCE per frame at every predicted frame, one line per run;
-    dotted: the last teacher-forced prediction; dashed: the constant baseline (every pixel at the
-    rolled-out frames' mean intensity)."""
+    """:func:`error_by_step_figure` saved at ``path``."""
+    save_figure(error_by_step_figure(runs, title), path)
+    return path
+
+
+def error_by_step_figure(runs: Sequence[dict[str, Any]], title: str) -> Any:
+    """One panel per test condition: BCE per frame at every predicted frame, one line per run, on a
+    log axis (shared by the panels); dotted: the last teacher-forced prediction; dashed: the constant
+    baseline (every pixel at the rolled-out frames' mean intensity)."""
+    from brims_experiments.train.plots import loss_axis
+
     names = list(dict.fromkeys(name for run in runs for name in run["condition"]))
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False, sharey=True)
+    drawn: list[float] = []
     for axis, name in zip(axes[0], names):
         for run in runs:
             result = run["condition"].get(name)
             if result is None:
                 continue
             values = result["bce_per_step"]
+            drawn += values
             axis.plot(range(1, len(values) + 1), values, label=run.get("label", run["model"]), linewidth=1.2)
         axis.axvline(runs[0]["teacher_frames"], color="grey", linestyle=":", linewidth=1)
         constant = next((run["condition"][name].get("constant_bce") for run in runs if name in run["condition"]), None)
         if constant is not None:  # every pixel predicted as the mean intensity: what a model must beat
             axis.axhline(constant, color="grey", linestyle="--", linewidth=1, label="constant (mean intensity)")
+            drawn.append(constant)
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("predicted frame")
         axis.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("BCE per frame (nats)")
+    loss_axis(axes[0, 0], drawn, "BCE per frame (nats)")  # the panels share the y axis, and so its scale
     axes[0, -1].legend(fontsize=7)
     figure.suptitle(f"{title}: error per frame (right of the dotted line: closed-loop rollout)", fontsize=9)
     figure.tight_layout()
-    save_figure(figure, path)
-    return path
+    return figure
 
 
 def save_gif(path: Path, shown: list[tuple[str, Any, torch.Tensor, torch.Tensor]]) -> Path:
