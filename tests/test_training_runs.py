@@ -550,7 +550,7 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     config = load_config(sys.argv[1])
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = ExperimentModule(config.as_dict())
+    module = ExperimentModule(config)
     datamodule = module.task.datamodule()
     trainer = make_trainer(config, out / "run", progress=False)
     trainer.callbacks.append(SaveWeights())

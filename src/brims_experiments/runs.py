@@ -16,10 +16,8 @@ import io
 import json
 import math
 import os
-import pickle
 import re
 import time
-import zipfile
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -154,7 +152,16 @@ def config_layers(path: str | Path | None, overrides: list[str] | None, base: di
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = load_yaml(path.read_text()) or {}
+        try:
+            loaded = load_yaml(path.read_text())
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            raise ConfigError(f"{path} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path} is not a text file") from None
+        if loaded is None:
+            raise ConfigError(f"{path} is empty: a config holds at least the sections it sets ({sections})")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections ({sections})")
         layers.append(loaded)
@@ -188,6 +195,16 @@ def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any]) -> 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved, config.to_yaml())
     return config
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON document at ``path``; a :class:`ConfigError` that names the file (and ``what`` it holds)
+    if it is not one."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} ({what}) is corrupted: {error}; delete it and run `brims test` on the "
+                          "run folder to write it again") from None
 
 
 def differing_fields(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
@@ -266,6 +283,19 @@ def amend_run_config(run_dir: Path, overrides: list[str], load: Callable[..., An
     return lines
 
 
+def check_checkpoint_config(checkpoint: dict[str, Any], config: Any, path: Path) -> None:
+    """Refuse a ``config.yaml`` changed by hand since ``path`` was saved: training would go on with the
+    checkpoint's values while the file says others. Fields a resume may change are allowed
+    (:data:`RESUMABLE_FIELDS`, and the budget through ``--set``)."""
+    saved = checkpoint[FORMAT_KEY]["config"]
+    allowed = RESUMABLE_FIELDS + BUDGET_FIELDS
+    changed = [name for name in differing_fields(config.as_dict(), saved) if name not in allowed]
+    if changed:
+        raise ConfigError(f"{path.parent.parent / 'config.yaml'} differs from its checkpoint {path.name} in "
+                          f"{', '.join(changed)}: a run cannot change what it computes midway; restore the file "
+                          f"(`brims config` of the checkpoint's values is in {path}) or start a new run with --run-dir")
+
+
 LOGGERS = ("csv", "tensorboard")  # the CSV log is always written (the figures read it)
 
 
@@ -331,12 +361,22 @@ class TrainingSession:
         self.started = time.perf_counter()
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
+    def earlier_sessions(self) -> list[dict[str, Any]]:
+        """The sessions ``train_time.json`` holds; a :class:`ConfigError` naming the file if it is corrupted."""
+        if not self.path.is_file():
+            return []
+        try:
+            return list(json.loads(self.path.read_text())["sessions"])
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise ConfigError(f"{self.path} is corrupted (it records each training session's wall time): delete it "
+                              "to go on without the earlier sessions' times") from None
+
     def elapsed(self) -> float:
         """Seconds since the session started."""
         return time.perf_counter() - self.started
 
     def record(self, ended: bool = False, **span: int) -> None:
-        sessions = json.loads(self.path.read_text())["sessions"] if self.path.is_file() else []
+        sessions = self.earlier_sessions()
         sessions = [s for s in sessions if s.get("started_at") != self.started_at]
         seconds = round(self.elapsed(), 1)
         sessions.append({"started_at": self.started_at, "seconds": seconds, **span, "ended": ended,
@@ -362,7 +402,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+    except Exception as error:  # noqa: BLE001 -- any file may be given: whatever torch raises on it is "not ours"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path} is corrupted or not a safe checkpoint: {first_line}") from None
     header = checkpoint.get(FORMAT_KEY) if isinstance(checkpoint, dict) else None

@@ -16,6 +16,7 @@ at the interruption are lost), so the curve continues from the checkpoint's step
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -33,20 +34,23 @@ from brims_experiments.rl.agent import RecurrentActorCritic
 from brims_experiments.rl.config import RLConfig, load_rl_config
 from brims_experiments.rl.envs import EnvSpaces, env_spaces, make_vector_env, reference_returns
 from brims_experiments.rl.ppo import Collector, ppo_update
+from brims_experiments.run_lock import RunFolderLock
 from brims_experiments.runs import (
     CONFIG_FILE,
     FORMAT_KEY,
-    MODEL_NAMES,
     FORMAT_VERSION,
     METRICS_FILE,
+    MODEL_NAMES,
     TRAIN_TIME_FILE,
     AtomicCheckpointIO,
     CheckpointError,
     ConfigError,
     TrainingSession,
-    prepare_run_dir,
+    check_checkpoint_config,
     check_device,
+    prepare_run_dir,
     read_checkpoint,
+    read_json,
     results_folder,
     save_figure,
     tensorboard_logger,
@@ -109,8 +113,6 @@ def _load_weights(agent: RecurrentActorCritic, checkpoint: dict[str, Any], path:
 def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = True,
           test_after: bool = True) -> dict[str, Any]:
     """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then evaluate it."""
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     if config is None:
         config = prepare_run_dir(run_dir, None, load_rl_config)  # resume with the folder's own config
@@ -119,6 +121,14 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces
     device = check_device(config.train.device, "train.device")
     config.model.core.check_device(device.type, "train.device=cuda")
+    with RunFolderLock(run_dir):
+        return _train_holding_lock(run_dir, config, spaces, device, progress, test_after)
+
+
+def _train_holding_lock(run_dir: Path, config: RLConfig, spaces: EnvSpaces, device: torch.device, progress: bool,
+                        test_after: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     torch.manual_seed(config.train.seed)
@@ -129,6 +139,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     last = run_dir / LAST
     if last.is_file():
         checkpoint = read_checkpoint(last)
+        check_checkpoint_config(checkpoint, config, last)
         check_checkpoint_env(checkpoint, last, config, spaces)
         _load_weights(agent, checkpoint, last)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -141,13 +152,14 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     metrics_path = run_dir / METRICS_FILE
     if update >= total and metrics_path.is_file():
         log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
-        return json.loads(metrics_path.read_text())
+        return read_json(metrics_path, "the run's test metrics")
     envs = make_vector_env(config.env)
     # Each (re)start seeds its resets apart from every other start of this run.
     collector = Collector(envs, agent, device, seed=config.train.seed * 100_003 + update * config.env.num_envs,
                           window=RETURN_WINDOW)
     collector.recent.extend(recent)
     session, session_start = TrainingSession(run_dir), update
+    session.earlier_sessions()  # a corrupted record refuses the start, not the first checkpoint
     offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
     board = tensorboard_logger(run_dir, rows[-1]["env_steps"] if rows else 0) if config.train.logger == "tensorboard" else None
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
@@ -184,7 +196,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     session.record(ended=True, from_update=session_start, to_update=update)
     plot_curves([(MODEL_NAMES[config.model.core.kind], rows)], run_dir / PLOT_FILE, env_title(config.env),
                 reference_returns(config.env))
-    return test(run_dir, progress=progress) if test_after else summary(last)
+    return test(run_dir, progress=progress, lock=False) if test_after else summary(last)
 
 
 def summary(checkpoint_path: Path) -> dict[str, Any]:
@@ -267,11 +279,19 @@ def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RL
 
 
 def test(path: str | Path, device: str | None = None, episodes: int | None = None,
-         progress: bool = True, out: str | Path | None = None) -> dict[str, Any]:
+         progress: bool = True, out: str | Path | None = None, lock: bool = True) -> dict[str, Any]:
     """Play the saved policy for ``episodes`` (default ``train.eval_episodes``); write ``metrics.json``
-    to ``out`` or the run folder (:func:`brims_experiments.runs.results_folder`)."""
+    to ``out`` or the run folder (:func:`brims_experiments.runs.results_folder`), holding that folder's
+    lock (``lock=False``: the caller holds it)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such run folder or checkpoint")
     folder = results_folder(path, out)
+    with RunFolderLock(folder) if lock else contextlib.nullcontext():
+        return _test_into(path, folder, device, episodes)
+
+
+def _test_into(path: Path, folder: Path, device: str | None, episodes: int | None) -> dict[str, Any]:
     config, agent, checkpoint_path = load_agent(path, check_device(device, "--device") if device else None)
     torch_device = next(agent.parameters()).device
     count = episodes or config.train.eval_episodes

@@ -8,9 +8,9 @@ what to install) works without the ``train`` extra.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import hashlib
-import json
 import logging
 import re
 from importlib import resources
@@ -172,12 +172,8 @@ def run_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import torch
-
-    from brims_experiments.rl.config import task_of
-    from brims_experiments.train.config import load_config
-    from brims_experiments.runs import CONFIG_FILE, amend_run_config, run_dir_for, say_if_compiling
-    from brims_experiments.train.run import train
+    from brims_experiments.run_lock import RunFolderLock
+    from brims_experiments.runs import CONFIG_FILE
 
     source = Path(args.config)
     if source.is_dir():
@@ -188,6 +184,19 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         path = None
     else:
         path = resolve_config(args.config)
+    # A resume holds the run folder from before it amends the config to the end of training.
+    with RunFolderLock(source) if path is None else contextlib.nullcontext():
+        return _train_or_resume(args, source, path)
+
+
+def _train_or_resume(args: argparse.Namespace, source: Path, path: Path | None) -> int:
+    import torch
+
+    from brims_experiments.rl.config import task_of
+    from brims_experiments.runs import amend_run_config, run_dir_for, say_if_compiling
+    from brims_experiments.train.config import load_config
+    from brims_experiments.train.run import train
+
     if path is None and args.set:  # a resume may change what does not change the run, and extend it
         for line in amend_run_config(source, args.set, load_any_config):
             print(f"changed for this resume: {line}")
@@ -202,8 +211,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = load_config(path, args.set)
         run_dir = run_dir_for(args, path, config.model.core.kind)
     args.run_folder = run_dir  # for the message after Ctrl-C
-    say_if_compiling(config if config is not None else load_config(run_dir / CONFIG_FILE))
-    metrics = train(run_dir, config, progress=not args.no_progress)
+    metrics = train(run_dir, config, progress=not args.no_progress, announce=say_if_compiling)
     if metrics is not None:
         print(format_table([metrics]))
         print(f"run folder: {run_dir}")
@@ -229,7 +237,7 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.runs import METRICS_FILE, title_of
+    from brims_experiments.runs import METRICS_FILE, read_json, title_of
     from brims_experiments.train.plots import plot_test_summary
 
     runs = []
@@ -237,7 +245,7 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         path = Path(folder) / METRICS_FILE
         if not path.is_file():
             parser.error(f"{path} does not exist: train the run first (or `brims test {folder}`)")
-        metrics = json.loads(path.read_text())
+        metrics = read_json(path, "the run's test metrics")
         metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
         runs.append(metrics)
     plot = Path(args.plot) if args.plot else comparison_path(args.runs)

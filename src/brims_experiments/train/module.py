@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from brims_experiments.runs import FORMAT_KEY, FORMAT_VERSION
-from brims_experiments.train.config import load_config
+from brims_experiments.train.config import ExperimentConfig
 from brims_experiments.train.tasks import make_task
 
 
@@ -17,15 +17,16 @@ class ExperimentModule(L.LightningModule):
     """Trains the model of its config's task; logs ``train/*`` per step and ``val/*`` per validation.
 
     The checkpoint carries the resolved config (as plain YAML-able values, so it loads with
-    ``weights_only=True``) and the torch RNG state (dropout draws continue exactly on resume).
+    ``weights_only=True``), the torch RNG state (dropout draws continue exactly on resume) and
+    whether training had finished when it was saved (``finished``: set by the run for its last save).
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: ExperimentConfig) -> None:
         super().__init__()
-        self.config_dict = config
-        self.config = load_config(base=config)
-        self.task = make_task(self.config)
+        self.config = config
+        self.task = make_task(config)
         self.model = self.task.build_model()
+        self.finished = False
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.model(inputs)
@@ -52,8 +53,8 @@ class ExperimentModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.config.train.lr)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[FORMAT_KEY] = {"format": FORMAT_VERSION, "config": self.config_dict, "rng": torch.get_rng_state(),
-                                  "task_state": self.task.state_dict()}
+        checkpoint[FORMAT_KEY] = {"format": FORMAT_VERSION, "config": self.config.as_dict(), "rng": torch.get_rng_state(),
+                                  "task_state": self.task.state_dict(), "finished": self.finished}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         torch.set_rng_state(checkpoint[FORMAT_KEY]["rng"])

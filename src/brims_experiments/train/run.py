@@ -3,8 +3,9 @@
 Layout of ``runs/<name>/``::
 
     config.yaml              the resolved config (what ``brims train <run folder>`` resumes)
-    checkpoints/last.ckpt    every ``train.checkpoint_every`` steps and at the end
-    checkpoints/best.ckpt    best validation accuracy at the training resolution
+    .lock                    held by the process training or testing the run (one at a time)
+    checkpoints/last.ckpt    every ``train.checkpoint_every`` steps, after every validation, and at the end
+    checkpoints/best.ckpt    best validation score (the task's monitor)
     logs/metrics.csv         the CSV log (train loss/acc per step, validation), kept across resumes
     metrics.json             every test resolution and noise level, from best.ckpt
     *.png                    learning curves, accuracy by resolution, module activity
@@ -12,22 +13,26 @@ Layout of ``runs/<name>/``::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 from brims_experiments.data.store import atomic_write_text
+from brims_experiments.run_lock import RunFolderLock
 from brims_experiments.runs import (
+    BUDGET_FIELDS,
     FORMAT_KEY,
     METRICS_FILE,
     TRAIN_TIME_FILE,
@@ -35,11 +40,14 @@ from brims_experiments.runs import (
     CheckpointError,
     ConfigError,
     TrainingSession,
+    check_checkpoint_config,
     check_device,
-    tensorboard_logger,
+    differing_fields,
     prepare_run_dir,
     read_checkpoint,
+    read_json,
     results_folder,
+    tensorboard_logger,
 )
 from brims_experiments.train.config import ExperimentConfig, load_config
 from brims_experiments.train.datamodule import TrackTrainedBatches
@@ -122,8 +130,7 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True,
     task = make_task(config)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode=task.mode,
                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
-    last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", every_n_train_steps=train.checkpoint_every,
-                           save_top_k=1, save_on_train_epoch_end=True, enable_version_counter=False)
+    last = SaveLast(run_dir / "checkpoints" / "last.ckpt", train.checkpoint_every, train.validate_every)
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=train.epochs,
@@ -146,9 +153,78 @@ def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True,
     )
 
 
+class SaveLast(Checkpoint):
+    """``checkpoints/last.ckpt``: every ``every`` steps, right after every validation, and at the last step.
+
+    The selection state (the best score and which checkpoint holds it) lives in the ``best``
+    callback's state, which every save carries with the weights, so a resume selects exactly as
+    the uninterrupted run would, wherever a kill falls:
+
+    - after every validation (Lightning runs checkpoint callbacks in order: ``best`` first), the
+      save holds the score just validated;
+    - a step that validates is saved after its validation only. Lightning resumes *after* the
+      step of a checkpoint, so a save between a step and its validation would skip that
+      validation on resume, and a later, worse score could replace ``best.ckpt``.
+
+    A kill between ``best.ckpt`` and this save replays the steps since the previous save; the
+    replay computes the same scores (the data order and random state are in the checkpoint), so
+    ``best.ckpt`` is rewritten with the same contents.
+
+    - the last step of an epoch is saved at the epoch's end (``on_train_epoch_end``), where
+      Lightning counts the epoch as done: a save at its last batch resumes into a state that
+      Lightning reads as a finished epoch and trains the next one short.
+
+    The save at the last step is marked ``finished`` (:class:`ExperimentModule`). It is taken inside
+    the loop, like every other save, so that a larger budget resumes from it exactly as from a kill
+    (a save after ``fit`` returns holds Lightning's end-of-training loop state, from which a resume
+    logs its steps one off and in the next epoch).
+    """
+
+    def __init__(self, path: Path, every: int, validate_every: int) -> None:
+        self.path, self.every, self.validate_every = path, every, validate_every
+
+    @staticmethod
+    def _ends_epoch(trainer: L.Trainer) -> bool:
+        return trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+    def _validates_after(self, trainer: L.Trainer) -> bool:
+        if self.validate_every:
+            return trainer.global_step % self.validate_every == 0
+        return self._ends_epoch(trainer)  # validation at the end of each epoch
+
+    def _is_last_step(self, trainer: L.Trainer) -> bool:
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return True
+        return self._ends_epoch(trainer) and trainer.current_epoch + 1 >= trainer.max_epochs
+
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.finished = self._is_last_step(trainer)
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        due = trainer.global_step % self.every == 0 or self._is_last_step(trainer)
+        if due and not self._validates_after(trainer) and not self._ends_epoch(trainer):
+            self._save(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not self._ends_epoch(trainer):
+            self._save(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._ends_epoch(trainer):  # not an epoch cut short by max_steps: its last save came at its last step
+            self._save(trainer, pl_module)
+
+
 def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress: bool = True,
-          test_after: bool = True) -> dict[str, Any] | None:
-    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it."""
+          test_after: bool = True, announce: Callable[[ExperimentConfig], None] | None = None) -> dict[str, Any] | None:
+    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then test it.
+
+    A finished run (its last checkpoint saved at the end of the same budget) is left untouched:
+    its ``metrics.json`` is returned, or written by testing if a kill came before it. A larger
+    budget (``--set train.max_steps=...``) goes on from the end as the uninterrupted longer run.
+    ``announce(config)`` is called once every check has passed, before the run starts.
+    """
     run_dir = Path(run_dir)
     if config is None:
         config = prepare_run_dir(run_dir, None, load_config)  # resume with the folder's own config
@@ -160,37 +236,54 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
         check_device("cuda", f"train.accelerator={config.train.accelerator}: the device")
     on_gpu = asks_gpu or (config.train.accelerator == "auto" and torch.cuda.is_available())
     config.model.core.check_device("cuda" if on_gpu else "cpu", "train.accelerator=gpu")
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = ExperimentModule(config.as_dict())  # the model: its size errors (e.g. tied embeddings)
-    datamodule = module.task.datamodule()
+    with RunFolderLock(run_dir):
+        return _train_holding_lock(run_dir, config, progress, test_after, announce)
+
+
+def _train_holding_lock(run_dir: Path, config: ExperimentConfig, progress: bool, test_after: bool,
+                        announce: Callable[[ExperimentConfig], None] | None) -> dict[str, Any] | None:
     last = run_dir / "checkpoints" / "last.ckpt"
+    metrics_path = run_dir / METRICS_FILE
     resume = last if last.is_file() else None
     resumed_step = None
     if resume is not None:
         # A clear error for a corrupted file before Lightning touches it.
         checkpoint = read_checkpoint(resume)
-        module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+        check_checkpoint_config(checkpoint, config, resume)
+        if _finished_with_budget(checkpoint, config):
+            if metrics_path.is_file():
+                log.info("%s is finished; its metrics stand (`brims test` re-evaluates)", run_dir)
+                return read_json(metrics_path, "the run's test metrics")
+            return test(run_dir, progress=progress, lock=False) if test_after else None
         resumed_step = checkpoint.get("global_step")
         log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
+    if announce is not None:
+        announce(config)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    module = ExperimentModule(config)  # the model: its size errors (e.g. tied embeddings)
+    if resume is not None:
+        module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
+    datamodule = module.task.datamodule()
     # Lightning refuses a precision or strategy here (and a logger whose package is missing).
     trainer = make_trainer(config, run_dir, progress, from_step=resumed_step or 0)
     config = prepare_run_dir(run_dir, config, load_config)
     session = TrainingSession(run_dir)
+    session.earlier_sessions()  # a corrupted record refuses the start, not the first checkpoint
     trainer.callbacks.append(RecordSessionAtCheckpoints(session, from_step=resumed_step or 0))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
-    # The periodic checkpoint may lag the end of training: record the finished state, so that
-    # `brims train <run folder>` on a finished run returns at once instead of redoing steps.
-    trainer.save_checkpoint(last, weights_only=False)  # full state: optimizer, loops, data position
     if not trainer.is_global_zero:
         return None
-    metrics_path = run_dir / METRICS_FILE
-    if trainer.global_step == resumed_step and metrics_path.is_file():
-        log.info("%s was already finished; its metrics stand (`brims test` re-evaluates)", run_dir)
-        return json.loads(metrics_path.read_text())
     session.record(ended=True, from_step=resumed_step or 0, to_step=trainer.global_step)
-    return test(run_dir, progress=progress) if test_after else None
+    return test(run_dir, progress=progress, lock=False) if test_after else None
+
+
+def _finished_with_budget(checkpoint: dict[str, Any], config: ExperimentConfig) -> bool:
+    """Whether ``checkpoint`` was saved at the end of training with ``config``'s budget."""
+    header = checkpoint[FORMAT_KEY]
+    budget = [name for name in differing_fields(config.as_dict(), header["config"]) if name in BUDGET_FIELDS]
+    return bool(header.get("finished")) and not budget
 
 
 class SayHowToResume(Callback):
@@ -245,15 +338,23 @@ def _load_trained(path: str | Path, device: torch.device | str) -> tuple[Experim
 
 
 def test(path: str | Path, device: str | None = None, progress: bool = True,
-         out: str | Path | None = None) -> dict[str, Any]:
+         out: str | Path | None = None, lock: bool = True) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and
-    plots to ``out``, or to the run folder (:func:`brims_experiments.runs.results_folder`)."""
-    from brims_experiments.train import plots
-
+    plots to ``out``, or to the run folder (:func:`brims_experiments.runs.results_folder`), holding
+    that folder's lock (``lock=False``: the caller holds it)."""
     path = Path(path)
-    run_dir = path if path.is_dir() else path.parent.parent  # where its train_time.json may be
+    if not path.exists():
+        raise ConfigError(f"{path}: no such run folder or checkpoint")
     torch_device = check_device(device, "--device") if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     folder = results_folder(path, out)  # checked before the evaluation, not after it
+    with RunFolderLock(folder) if lock else contextlib.nullcontext():
+        return _test_into(path, folder, torch_device, progress)
+
+
+def _test_into(path: Path, folder: Path, torch_device: torch.device, progress: bool) -> dict[str, Any]:
+    from brims_experiments.train import plots
+
+    run_dir = path if path.is_dir() else path.parent.parent  # where its train_time.json may be
     torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
     config, task, model, checkpoint = _load_trained(path, torch_device)
     started = time.perf_counter()
@@ -274,7 +375,7 @@ def test(path: str | Path, device: str | None = None, progress: bool = True,
         metrics[task.monitor.replace("/", "_")] = best_score  # e.g. val_acc: the best validation score
     train_time = run_dir / TRAIN_TIME_FILE
     if train_time.is_file():
-        metrics["train"] = json.loads(train_time.read_text())
+        metrics["train"] = read_json(train_time, "the run's training time")
     atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2))
     plots.plot_run(folder, config, task, model, metrics)
     metrics["written_to"] = str(folder)
