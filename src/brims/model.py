@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping, Sequence
+import inspect
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,74 +51,12 @@ class BRIMs(nn.Module):
     reads them back (:mod:`brims.pretrained`).
     """
 
-    def __init__(
-        self,
-        input_size: int | BRIMsConfig,
-        hidden_sizes: int | Sequence[int] = BRIMsConfig.hidden_sizes,
-        num_modules: int | Sequence[int] = BRIMsConfig.num_modules,
-        top_k: int | Sequence[int] = BRIMsConfig.top_k,
-        cell: str = BRIMsConfig.cell,
-        top_down: bool = BRIMsConfig.top_down,
-        communication: bool = BRIMsConfig.communication,
-        input_heads: int = BRIMsConfig.input_heads,
-        input_key_size: int = BRIMsConfig.input_key_size,
-        input_value_factor: int = BRIMsConfig.input_value_factor,
-        comm_heads: int = BRIMsConfig.comm_heads,
-        comm_key_size: int = BRIMsConfig.comm_key_size,
-        comm_value_size: int = BRIMsConfig.comm_value_size,
-        attention_dropout: float = BRIMsConfig.attention_dropout,
-        batch_first: bool = BRIMsConfig.batch_first,
-        backend: str = BRIMsConfig.backend,
-        **unknown: Any,
-    ) -> None:
-        """Build the network of a :class:`BRIMsConfig`, or of its fields given here.
-
-        Args:
-            input_size: features of the input at each step, or a whole :class:`BRIMsConfig`
-                (then pass nothing else).
-            hidden_sizes: hidden size of each layer, default ``(300, 300)``; layer ``l`` is
-                ``num_modules[l]`` modules of ``hidden_sizes[l] // num_modules[l]`` units.
-            num_modules: modules per layer, default ``(6, 3)``.
-            top_k: modules that update per example and step, per layer, default ``(4, 2)``.
-            cell: per-module dynamics, ``"lstm"`` (default) or ``"gru"``.
-            top_down: layer ``l`` attends to layer ``l+1``'s previous state, default ``True``.
-            communication: active modules read their layer through attention, default ``True``.
-            input_heads: heads of the input attention, default ``4``.
-            input_key_size: key/query size per input-attention head, default ``64``.
-            input_value_factor: a module's attended input has ``input_value_factor`` times its
-                units, default ``4``.
-            comm_heads: heads of the communication attention, default ``4``.
-            comm_key_size: key/query size per communication head, default ``32``.
-            comm_value_size: value size per communication head, default ``32``.
-            attention_dropout: dropout on the attention probabilities, default ``0.1``.
-            batch_first: inputs and outputs are ``(B, T, F)``, default ``False`` (``(T, B, F)``).
-            backend: ``"torch"`` (default) or ``"triton"`` (fused CUDA kernels).
-
-        ``nn.LSTM``'s ``hidden_size`` and ``num_layers`` are refused with the equivalent
-        (``hidden_sizes=(H,) * num_layers`` with ``num_modules`` and ``top_k`` per layer).
-        """
+    def __init__(self, input_size: int | BRIMsConfig, *args: Any, **options: Any) -> None:
+        # The signature and the docstring are BRIMsConfig's fields (set below the class): the
+        # options are declared once, in the config.
         super().__init__()
-        refuse_unknown_options(type(self).__name__, unknown)
-        options = {
-            "hidden_sizes": hidden_sizes,
-            "num_modules": num_modules,
-            "top_k": top_k,
-            "cell": cell,
-            "top_down": top_down,
-            "communication": communication,
-            "input_heads": input_heads,
-            "input_key_size": input_key_size,
-            "input_value_factor": input_value_factor,
-            "comm_heads": comm_heads,
-            "comm_key_size": comm_key_size,
-            "comm_value_size": comm_value_size,
-            "attention_dropout": attention_dropout,
-            "batch_first": batch_first,
-            "backend": backend,
-        }
-        # Only what differs from the defaults: BRIMs(config) with nothing else is the config alone.
-        given = {name: value for name, value in options.items() if not is_default(name, value)}
-        self.config = as_config(input_size, (), given)
+        refuse_unknown_options(type(self).__name__, {k: v for k, v in options.items() if k not in CONFIG_FIELDS})
+        self.config = as_config(input_size, args, options)
         self.cell = BRIMsCell(self.config)
         self.compiled: CompiledLoop | None = None  # set by compile_step()
 
@@ -222,77 +162,93 @@ class RIMs(BRIMs):
     ``RIMs(config)`` with a one-layer config without top-down.
     """
 
-    def __init__(
-        self,
-        input_size: int | BRIMsConfig,
-        hidden_size: int = 600,
-        num_modules: int = 6,
-        top_k: int = 4,
-        *,
-        cell: str = BRIMsConfig.cell,
-        communication: bool = BRIMsConfig.communication,
-        input_heads: int = BRIMsConfig.input_heads,
-        input_key_size: int = BRIMsConfig.input_key_size,
-        input_value_factor: int = BRIMsConfig.input_value_factor,
-        comm_heads: int = BRIMsConfig.comm_heads,
-        comm_key_size: int = BRIMsConfig.comm_key_size,
-        comm_value_size: int = BRIMsConfig.comm_value_size,
-        attention_dropout: float = BRIMsConfig.attention_dropout,
-        batch_first: bool = BRIMsConfig.batch_first,
-        backend: str = BRIMsConfig.backend,
-        **unknown: Any,
-    ) -> None:
-        """Build one layer of ``num_modules`` modules of ``hidden_size // num_modules`` units,
-        ``top_k`` of them active per step, without top-down; the keyword options mean what they
-        mean for :class:`BRIMs` (and have its defaults)."""
-        if "top_down" in unknown or "hidden_sizes" in unknown:
+    def __init__(self, input_size: int | BRIMsConfig, hidden_size: int = 600, num_modules: int = 6, top_k: int = 4,
+                 **options: Any) -> None:
+        if "top_down" in options or "hidden_sizes" in options:
             raise TypeError("RIMs is one layer without top-down: use hidden_size, num_modules and top_k")
-        if "num_layers" in unknown:
+        if "num_layers" in options:
             raise TypeError(
                 "RIMs is one layer: for a stack of num_layers layers of H units use brims.BRIMs(input_size, "
                 "hidden_sizes=(H,) * num_layers, num_modules=(n,) * num_layers, top_k=(k,) * num_layers)"
             )
-        refuse_unknown_options(type(self).__name__, unknown)
-        options = {
-            "cell": cell,
-            "communication": communication,
-            "input_heads": input_heads,
-            "input_key_size": input_key_size,
-            "input_value_factor": input_value_factor,
-            "comm_heads": comm_heads,
-            "comm_key_size": comm_key_size,
-            "comm_value_size": comm_value_size,
-            "attention_dropout": attention_dropout,
-            "batch_first": batch_first,
-            "backend": backend,
-        }
+        refuse_unknown_options(type(self).__name__, {k: v for k, v in options.items() if k not in CONFIG_FIELDS})
+        sizes = {"hidden_size": hidden_size, "num_modules": num_modules, "top_k": top_k}
         if isinstance(input_size, BRIMsConfig):
             if input_size.num_layers != 1:
                 raise ValueError(f"RIMs has one layer, got a config with {input_size.num_layers}")
-            given = [name for name, value in options.items() if not is_default(name, value)]
-            given += [
-                name
-                for name, value, default in (("hidden_size", hidden_size, 600), ("num_modules", num_modules, 6),
-                                             ("top_k", top_k, 4))
-                if value != default
-            ]
+            given = sorted(options) + [name for name, value in sizes.items() if value != RIMS_SIZES[name]]
             if given:
                 raise TypeError(f"pass either a BRIMsConfig or RIMs' arguments, not both: {sorted(given)}")
             super().__init__(input_size)
             return
-        for name, value in (("hidden_size", hidden_size), ("num_modules", num_modules), ("top_k", top_k)):
+        for name, value in sizes.items():
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an int for RIMs (one layer), got {value!r}")
         super().__init__(input_size, (hidden_size,), (num_modules,), (top_k,), top_down=False, **options)
 
 
+RIMS_SIZES = {"hidden_size": 600, "num_modules": 6, "top_k": 4}  # the RIMs paper's sequential-MNIST sizes
+PER_LAYER = ("hidden_sizes", "num_modules", "top_k", "top_down")  # what RIMs sets for its one layer
+
+
+def option_docs() -> dict[str, str]:
+    """Each :class:`BRIMsConfig` field's description, from the ``Attributes:`` of its docstring."""
+    docs: dict[str, str] = {}
+    name = None
+    for line in (BRIMsConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        entry = re.match(r"^ {8}(\w+): (.*)$", line)
+        if entry and entry.group(1) in CONFIG_FIELDS:
+            name = entry.group(1)
+            docs[name] = entry.group(2).strip()
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+    return docs
+
+
+def option_parameters(kind: Any, skip: tuple[str, ...]) -> list[inspect.Parameter]:
+    """``BRIMsConfig``'s fields as parameters of ``kind`` with their defaults (all but ``input_size``)."""
+    return [inspect.Parameter(field.name, kind, default=field.default, annotation=field.type)
+            for field in dataclasses.fields(BRIMsConfig) if field.name != "input_size" and field.name not in skip]
+
+
+def describe_options(skip: tuple[str, ...]) -> str:
+    """``Args:`` lines for every option but ``skip``: its description and its default."""
+    docs = option_docs()
+    return "\n".join(f"    {field.name}: {docs[field.name]} Default ``{field.default!r}``."
+                     for field in dataclasses.fields(BRIMsConfig) if field.name != "input_size" and field.name not in skip)
+
+
+SELF = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+INPUT = inspect.Parameter("input_size", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="int | BRIMsConfig")
+BRIMs.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [SELF, INPUT, *option_parameters(inspect.Parameter.POSITIONAL_OR_KEYWORD, ())])
+BRIMs.__init__.__doc__ = f"""Build the network of a :class:`BRIMsConfig`, or of its fields given here.
+
+Args:
+    input_size: features of the input at each step, or a whole :class:`BRIMsConfig` (then pass
+        nothing else).
+{describe_options(())}
+
+``nn.LSTM``'s ``hidden_size`` and ``num_layers`` are refused with the equivalent
+(``hidden_sizes=(H,) * num_layers`` with ``num_modules`` and ``top_k`` per layer).
+"""
+RIMs.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [SELF, INPUT, *(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=value, annotation="int")
+                    for name, value in RIMS_SIZES.items()),
+     *option_parameters(inspect.Parameter.KEYWORD_ONLY, PER_LAYER)])
+RIMs.__init__.__doc__ = f"""Build one layer of ``num_modules`` modules of ``hidden_size // num_modules`` units,
+``top_k`` of them active per step, without top-down; or from a one-layer config without top-down.
+
+Args:
+    input_size: features of the input at each step, or a one-layer :class:`BRIMsConfig`.
+    hidden_size: units of the layer. Default ``600``.
+    num_modules: modules of the layer. Default ``6``.
+    top_k: modules that update per example and step. Default ``4``.
+{describe_options(PER_LAYER)}
+"""
+
+
 # ---- argument checks --------------------------------------------------------------------------------
-
-
-def is_default(name: str, value: Any) -> bool:
-    """Whether ``value`` is BRIMsConfig's default for ``name`` (same type and value)."""
-    default = DEFAULTS[name]
-    return value is default or (type(value) is type(default) and value == default)
 
 
 def refuse_unknown_options(owner: str, unknown: Mapping[str, Any]) -> None:
