@@ -22,7 +22,8 @@ from brims_experiments.reproduce.report import (
     write_report,
 )
 from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
-from brims_experiments.reproduce.suites import Claim, load_suite, parse_suite
+from brims_experiments.reproduce.suites import load_suite, parse_suite
+from brims_experiments.runs import ConfigError
 from brims_experiments.suites import suite_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,9 @@ def tiny_suite(tmp_path: Path):
             "name": "adding", "preset": str(preset), "set": ["data.test_lengths=[10]"],
             "models": {"lstm": ["model.core.kind=lstm"], "brims": []},
             "better": "lower", "curve": "val/mse", "generalisation": "length", "generalisation_metric": "mse",
-            "conditions": [{"label": "MSE 5", "path": "length.5.mse"}, {"label": "MSE 10", "path": "length.10.mse"}],
-            "claims": [{"text": "BRIMs beat the LSTM at 10", "model": "brims", "baseline": "lstm",
-                        "condition": "MSE 10"}],
+            "conditions": [{"label": "MSE 5", "path": "length.5.mse", "claim": "none", "why": "too easy to tell"},
+                           {"label": "MSE 10", "path": "length.10.mse"}],
+            "pairs": [["brims", "lstm"]],
         }],
     })
 
@@ -113,7 +114,7 @@ def test_a_claims_pairs_are_the_seeds_both_models_finished(tmp_path):
     suite = tiny_suite(tmp_path)
     experiment = suite.experiments[0]
     claim = experiment.claims[0]  # brims against lstm on "MSE 10"
-    run = lambda model, seed, mse: RunResult(model, seed, tmp_path, {"length": {"10": {"mse": mse}}})  # noqa: E731
+    run = lambda model, seed, mse: RunResult(model, seed, tmp_path, {"length": {"10": {"mse": mse}}})
     found = {"lstm": [run("lstm", 0, 0.5), run("lstm", 2, 0.7)],
              "brims": [run("brims", 0, 0.1), run("brims", 1, 0.2), run("brims", 2, 0.3)]}
     assert paired_values(claim, found, experiment) == [(0.1, 0.5), (0.3, 0.7)]
@@ -263,7 +264,11 @@ def test_the_report_and_the_readme_block_come_from_the_results(reproduced):
     report = write_report(suite, results).read_text()
     assert "| lstm | 2 of 2 |" in report and "| brims | 2 of 2 |" in report
     assert re.search(r"\| \S+ \| [\d.]+ min \| yes \| 2 \| .* \| 4 \|", report)  # the session, ended, 4 runs
-    assert re.search(r"BRIMs beat the LSTM at 10: \*\*.*ratio .*, 95% interval .*; better in [012] of 2 seeds", report)
+    assert "| model against baseline | MSE 10 (better) |" in report
+    assert re.search(r"\| brims / lstm \| \*\*[a-z ]+\*\*.*ratio .*, 95% interval .*; better in [012] of 2 seeds\) \|",
+                     report)
+    assert "- no claim on MSE 5: too easy to tell" in report
+    assert re.search(r"- adding \(1 claims: 1 [a-z ]+\)", report)
     assert (results / "adding" / "learning.png").is_file() and (results / "adding" / "generalisation.png").is_file()
     first = json.loads((runs[0].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]
     second = json.loads((runs[2].result_dir / "metrics.json").read_text())["length"]["5"]["mse"]
@@ -323,3 +328,64 @@ def test_a_readme_without_the_suites_block_is_refused_before_any_work(command, t
     assert stop.value.code == 2
     assert f"--readme {readme}: no such file, or no generated block for suite quick in it" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results" / "quick" / "README.md").exists()
+
+
+# ---- claims declared for every column -------------------------------------------------------------------
+
+
+def test_claims_are_every_pair_on_every_condition_that_claims_something(tmp_path):
+    experiment = tiny_suite(tmp_path).experiments[0]
+    assert [(c.model, c.baseline, c.condition, c.kind) for c in experiment.claims] == [("brims", "lstm", "MSE 10",
+                                                                                         "better")]
+    assert experiment.claims[0].text == "BRIMs beat the LSTM on MSE 10"
+    cpu = {e.name: e for e in load_suite("cpu").experiments}
+    for experiment in cpu.values():
+        assert len(experiment.claims) == len(experiment.pairs) * len(experiment.conditions)
+    assert {c.kind for c in cpu["smnist"].claims if c.condition == "acc %, 14x14 (trained)"} == {"parity"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"claims": [{"text": "x", "model": "brims", "baseline": "lstm", "condition": "MSE 10"}]},
+     "claims are not listed by hand"),
+    ({"pairs": [["brims", "gru"]]}, "pairs must list [model, baseline] pairs"),
+    ({"pairs": []}, "pairs must list"),
+    ({"conditions": [{"label": "MSE 10", "path": "length.10.mse", "claim": "worse"}]}, "claim must be one of"),
+    ({"conditions": [{"label": "MSE 10", "path": "length.10.mse", "claim": "none"}]}, "claim none needs a `why`"),
+])
+def test_a_suite_that_leaves_a_column_undeclared_is_refused(tmp_path, change, message):
+    raw = {"title": "t", "question": "q", "seeds": [0, 1, 2], "experiments": [{
+        "name": "adding", "preset": "adding-cpu", "models": {"lstm": [], "brims": []}, "better": "lower",
+        "curve": "val/mse", "conditions": [{"label": "MSE 10", "path": "length.10.mse"}], "pairs": [["brims", "lstm"]],
+        **change}]}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_suite("t", raw)
+
+
+def test_a_parity_claim_is_consistent_or_names_the_better_model():
+    same = [(0.5, 0.5), (0.6, 0.55), (0.55, 0.6)]
+    assert verdict(same, "lower", kind="parity").startswith("consistent with parity (")
+    better = verdict([(0.1, 0.5), (0.11, 0.5), (0.09, 0.5)], "lower", kind="parity")
+    assert better.startswith("not on par: model better (")
+    assert verdict([(0.9, 0.5), (0.91, 0.5), (0.89, 0.5)], "lower", kind="parity").startswith("not on par: model worse (")
+
+
+def test_the_last_quarter_is_of_the_steps_trained_not_of_the_last_validation():
+    from brims_experiments.reproduce.report import curve_movement
+
+    curve = {step: step / 1000 for step in range(100, 1000, 100)}  # validated every 100 of 936 steps
+    # 3/4 of 936 is 702: the quarter starts at the validation of step 700 (not 600, 3/4 of 900).
+    assert curve_movement(curve, "higher", trained=936) == pytest.approx((0.9, 0.9 - 0.7))
+    assert curve_movement(curve, "higher") == pytest.approx((0.9, 0.9 - 0.6))  # without the steps: the last one's
+
+
+def test_the_summary_counts_every_declared_claim():
+    from brims_experiments.reproduce.report import verdict_summary
+
+    suite = load_suite("cpu")
+    summary = verdict_summary(suite, ROOT / "results" / "cpu")
+    for experiment in suite.experiments:
+        line = next(line for line in summary if line.startswith(f"- {experiment.name} ("))
+        counted = sum(int(n) for n in re.findall(r"(\d+) (?:supported|contradicted|not answerable|consistent with "
+                                                  r"parity|not on par: model better|not on par: model worse|not run yet)",
+                                                  line.split(";")[0]))
+        assert counted == len(experiment.claims) == int(re.search(r"\((\d+) claims", line).group(1))

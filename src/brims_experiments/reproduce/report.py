@@ -186,11 +186,14 @@ class Comparison:
         return text + f"; better in {self.wins} of {effect.n} seeds"
 
 
-def verdict(pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -> str:
+def verdict(pairs: list[tuple[float, float]], better: str, scale: float = 1.0, kind: str = "better") -> str:
     """*supported* when the 95% interval of the mean per-seed effect (:class:`Comparison`) of the
     (model, baseline) ``pairs`` lies wholly on the model's better side, *contradicted* when wholly
-    on its worse side, else *not answerable*. A value that is not finite (a diverged run) decides
-    nothing: the claim is not answerable and the verdict names the seed."""
+    on its worse side, else *not answerable*. A claim of parity (``kind="parity"``) is
+    *consistent with parity* when the interval holds no effect, else *not on par* (the model better
+    or worse): an interval that holds no effect bounds the difference; it does not prove parity.
+    A value that is not finite (a diverged run) decides nothing: the claim is not answerable and the
+    verdict names the seed."""
     if not pairs:
         return "not run yet"
     for index, (ours, theirs) in enumerate(pairs):
@@ -201,9 +204,15 @@ def verdict(pairs: list[tuple[float, float]], better: str, scale: float = 1.0) -
     if effect.n < 2:
         return f"not answerable with one shared seed ({evidence})"
     lower_is_better = better == "lower"
-    if (effect.high < 0) if lower_is_better else (effect.low > 0):
+    model_better = (effect.high < 0) if lower_is_better else (effect.low > 0)
+    model_worse = (effect.low > 0) if lower_is_better else (effect.high < 0)
+    if kind == "parity":
+        outcome = "not on par: model better" if model_better else "not on par: model worse" if model_worse \
+            else "consistent with parity"
+        return f"{outcome} ({evidence})"
+    if model_better:
         return f"supported ({evidence})"
-    if (effect.low > 0) if lower_is_better else (effect.high < 0):
+    if model_worse:
         return f"contradicted ({evidence})"
     return f"not answerable with these seeds ({evidence})"
 
@@ -218,7 +227,19 @@ def judge(claim: Claim, found: dict[str, list[RunResult]], experiment: Experimen
     if not pairs:
         seeds = {r.seed for r in found[claim.model]} & {r.seed for r in found[claim.baseline]}
         return (f"no {condition.path} in the runs" if seeds else "no seed that both models finished")
-    return verdict(pairs, experiment.better_of(claim.condition), condition.scale)
+    return verdict(pairs, experiment.better_of(claim.condition), condition.scale, claim.kind)
+
+
+VERDICT_WORDS = ("supported", "contradicted", "not answerable", "consistent with parity", "not on par: model better",
+                 "not on par: model worse", "not run yet", "no ")
+
+
+DECIDED = ("supported", "contradicted", "not on par: model better", "not on par: model worse")
+
+
+def verdict_word(judged: str) -> str:
+    """The verdict without its evidence: ``supported``, ``not answerable``, ``consistent with parity``..."""
+    return next((word.strip() for word in VERDICT_WORDS if judged.startswith(word)), judged)
 
 
 def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
@@ -247,23 +268,46 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
         direction = f"{'higher' if higher else 'lower'} is better"
     lines.append(f"Mean ± 95% interval over seeds ({direction}). Each claim is judged on the 95% interval, over the "
                  "seeds both models finished, of the model's mean log ratio to the baseline where lower is better "
-                 "(shown as the geometric-mean ratio), of its difference from it where higher is better.")
-    for claim in experiment.claims:
-        lines.append(f"- {claim.text}: **{judge(claim, found, experiment)}**.")
+                 "(shown as the geometric-mean ratio), of its difference from it where higher is better. Every "
+                 "declared pair is judged on every condition where the papers claim something (declared in the "
+                 "suite before its runs):")
+    lines += ["", *claims_table(experiment, found)]
+    for condition in experiment.conditions:
+        if condition.claim == "none":
+            lines.append(f"- no claim on {condition.label}: {condition.why.strip()}")
     where = standing(experiment, found)
     if where:
         lines += ["", where]
     return "\n".join(lines)
 
 
-def curve_movement(curve: dict[int, float], better: str) -> tuple[float, float] | None:
-    """A validation curve's last value and how far it moved over the last quarter of the steps (from
-    the last validation at or before 3/4 of the last step): relative (a share of the earlier value)
-    where lower is better, as losses are compared as ratios; absolute where higher is better."""
+def claims_table(experiment: Experiment, found: dict[str, list[RunResult]]) -> list[str]:
+    """Markdown rows: one per declared pair, one column per condition with a claim, each cell the verdict."""
+    claimed = [c for c in experiment.conditions if c.claim != "none"]
+    header = ["model against baseline", *(f"{c.label} ({c.claim})" for c in claimed)]
+    rows = ["| " + " | ".join(header) + " |", "|---|" + "---|" * len(claimed)]
+    for model, baseline in experiment.pairs:
+        cells = [f"{model} / {baseline}"]
+        for condition in claimed:
+            claim = next(c for c in experiment.claims
+                         if (c.model, c.baseline, c.condition) == (model, baseline, condition.label))
+            judged = judge(claim, found, experiment)
+            word = verdict_word(judged)
+            cells.append(f"**{word}**{judged[len(word):]}" if judged.startswith(word) else judged)
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def curve_movement(curve: dict[int, float], better: str, trained: int | None = None) -> tuple[float, float] | None:
+    """A validation curve's last value and how far it moved over the last quarter of training: from
+    the last validation at or before 3/4 of the ``trained`` steps (the curve's last step if not
+    given) to the last validation. Relative (a share of the earlier value) where lower is better,
+    as losses are compared as ratios; absolute where higher is better."""
     if len(curve) < 2:
         return None
-    last = max(curve)
+    last = trained if trained else max(curve)
     earlier = curve[max((step for step in curve if step <= 0.75 * last), default=min(curve))]
+    last = max(curve)
     end = curve[last]
     if better == "lower":
         return end, (end - earlier) / earlier if earlier else math.nan
@@ -275,8 +319,8 @@ def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str |
     steps (means over seeds): a model still moving at the end has not converged at this budget."""
     parts = []
     for model, runs in found.items():
-        moved = [m for m in (curve_movement(read_curve(r.folder, experiment.curve), experiment.better) for r in runs)
-                 if m is not None]
+        moved = [m for m in (curve_movement(read_curve(r.folder, experiment.curve), experiment.better, steps_of(r))
+                             for r in runs) if m is not None]
         if moved:
             end, change = (sum(values) / len(values) for values in zip(*moved))
             shown = f"{change:+.0%}" if experiment.better == "lower" else f"{change:+.3g}"
@@ -285,7 +329,14 @@ def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str |
         return None
     how = "relative" if experiment.better == "lower" else "absolute"
     return (f"Where the models stand: {experiment.curve_label} at the last validation (mean over seeds), and in "
-            f"brackets its {how} change over the last quarter of training: {', '.join(parts)}.")
+            f"brackets its {how} change since the last validation at or before 3/4 of the steps trained: "
+            f"{', '.join(parts)}.")
+
+
+def steps_of(run: RunResult) -> int | None:
+    """The steps a run trained for, or None when its record has no sessions."""
+    steps = trained_steps(run.metrics)
+    return steps if isinstance(steps, int) else None
 
 
 def trained_steps(metrics: dict[str, Any]) -> int | str:
@@ -385,7 +436,24 @@ def readme_block(suite: Suite, results: Path) -> str:
         parts.append("")
         parts.append(experiment_table(suite, experiment, load_results(results, experiment)))
         parts.append("")
+    parts += verdict_summary(suite, results)
     return "\n".join(parts).rstrip() + "\n"
+
+
+def verdict_summary(suite: Suite, results: Path) -> list[str]:
+    """Every declared claim of the suite counted by verdict, and the decided ones named: the summary
+    is generated from all of them, so none can be left out of it."""
+    lines = ["**What the verdicts say** (every declared claim of the suite, counted; the decided ones named):", ""]
+    for experiment in suite.experiments:
+        found = load_results(results, experiment)
+        by_word: dict[str, list[str]] = {}
+        for claim in experiment.claims:
+            by_word.setdefault(verdict_word(judge(claim, found, experiment)), []).append(claim.text)
+        counts = ", ".join(f"{len(texts)} {word}" for word, texts in by_word.items())
+        lines.append(f"- {experiment.name} ({len(experiment.claims)} claims: {counts})"
+                     + "".join(f"; {word}: {'; '.join(texts)}" for word, texts in by_word.items()
+                               if word in DECIDED))
+    return lines
 
 
 def _marks(name: str) -> tuple[str, str]:
@@ -396,7 +464,7 @@ def _marks(name: str) -> tuple[str, str]:
 def readme_section(text: str, name: str) -> str | None:
     """The generated block of suite ``name`` in a README's text, or None when it has none."""
     begin, end = _marks(name)
-    match = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, flags=re.S)
+    match = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), text, flags=re.DOTALL)
     return None if match is None else match.group(1)
 
 
@@ -407,7 +475,7 @@ def update_readme(readme: Path, suite: Suite, results: Path) -> bool:
     if readme_section(text, suite.name) is None:
         return False
     block = readme_block(suite, results)
-    text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end), lambda _: f"{begin}\n{block}{end}", text, flags=re.S)
+    text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end), lambda _: f"{begin}\n{block}{end}", text, flags=re.DOTALL)
     readme.write_text(text)
     return True
 
@@ -448,6 +516,7 @@ def write_report(suite: Suite, results: Path) -> Path:
             lines.append("Wall time per run (train + test), minutes: " + ", ".join(
                 f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
             lines.append("")
+    lines += ["## What the verdicts say", "", *verdict_summary(suite, results)[2:], ""]
     if sessions:
         lines += ["## Sessions", "", "One row per `brims reproduce` invocation. Ended \"no\": killed, or still running (its wall "
                   "time is up to its last finished run); \"interrupted\": stopped with Ctrl-C.", "",

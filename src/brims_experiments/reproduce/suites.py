@@ -3,8 +3,13 @@
 A suite file (``brims_experiments/suites/<name>.yaml``) names its question and its experiments. Each
 experiment is one preset with the overrides every model shares, the models with their own
 overrides, the test conditions its tables report (dotted paths into a run's ``metrics.json``), the
-validation column its learning curves plot, and the claims it tests: one model against a baseline
-on one condition. Every model of an experiment gets the same seeds, budget and data order.
+validation column its learning curves plot, and the comparisons it declares: pairs of models
+(``pairs``: model against baseline) and, for every condition, what the papers claim there
+(``claim``: ``better``, the model beats the baseline; ``parity``, neither is better, as the papers
+claim at the training condition; or ``none`` with ``why``). The claims are every pair on every
+condition that claims something, declared before the runs: the report judges all of them, so that no
+column can be left out after the results are seen. Every model of an experiment gets the same
+seeds, budget and data order.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from brims_experiments.runs import ConfigError, require
+from brims_experiments.runs import MODEL_NAMES, ConfigError, require
 from brims_experiments.suites import suite_names, suite_text
 
 
@@ -26,16 +31,23 @@ class Condition:
     path: str
     scale: float = 1.0  # shown as scale * value (100 for a share in %)
     better: str | None = None  # "lower" or "higher"; None: the experiment's
+    claim: str = "better"  # what the papers claim of each pair here: "better", "parity" or "none"
+    why: str = ""  # with claim "none": why no pair is judged on this condition
+
+
+CLAIM_KINDS = ("better", "parity", "none")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """``model`` does better than ``baseline`` on ``condition`` (a label of the experiment's conditions)."""
+    """``model`` does better than ``baseline`` on ``condition`` (a label of the experiment's
+    conditions), or, of kind ``parity``, neither does better."""
 
     text: str
     model: str
     baseline: str
     condition: str
+    kind: str = "better"
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,8 @@ class Experiment:
     curve_label: str
     generalisation: str | None  # metrics.json key whose conditions are sequence lengths, e.g. "length"
     generalisation_metric: str | None
-    claims: tuple[Claim, ...]
+    pairs: tuple[tuple[str, str], ...]  # (model, baseline) compared on every condition with a claim
+    claims: tuple[Claim, ...]  # every pair on every such condition, in pair order
     minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
     note: str
 
@@ -71,6 +84,19 @@ class Suite:
     seeds: tuple[int, ...]
     jobs: int
     experiments: tuple[Experiment, ...]
+
+
+def model_name(model: str) -> str:
+    """A model's name in a sentence: ``BRIMs``, ``the LSTM``, ``BRIMs without top-down``."""
+    return {"lstm": "the LSTM"}.get(model, MODEL_NAMES.get(model, model))
+
+
+def claim_text(model: str, baseline: str, condition: Condition) -> str:
+    """The claim in words: ``BRIMs beat the LSTM on MSE, length 200``."""
+    ours, theirs = model_name(model), model_name(baseline)
+    if condition.claim == "parity":
+        return f"{ours} and {theirs} are on par on {condition.label}"
+    return f"{ours[0].upper() + ours[1:]} beat {theirs} on {condition.label}"
 
 
 def load_suite(name: str) -> Suite:
@@ -103,10 +129,21 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
                   for model, overrides in item["models"].items()}
         conditions = tuple(Condition(**c) for c in item["conditions"])
         labels = {c.label for c in conditions}
-        claims = tuple(Claim(**c) for c in item.get("claims", []))
-        for claim in claims:
-            require(claim.model in models and claim.baseline in models, f"{where}: claim names an unknown model")
-            require(claim.condition in labels, f"{where}: claim names an unknown condition {claim.condition!r}")
+        require("claims" not in item, f"{where}: claims are not listed by hand; declare `pairs` (model against "
+                "baseline) and each condition's `claim` (better, parity or none with why): every pair is judged "
+                "on every condition that claims something")
+        for condition in conditions:
+            require(condition.claim in CLAIM_KINDS, f"{where}, condition {condition.label!r}: claim must be one of "
+                    f"{', '.join(CLAIM_KINDS)}, got {condition.claim!r}")
+            require(condition.claim != "none" or condition.why.strip(),
+                    f"{where}, condition {condition.label!r}: claim none needs a `why`")
+        pairs = tuple(tuple(pair) for pair in item.get("pairs", []))
+        require(bool(pairs) and all(len(pair) == 2 and pair[0] in models and pair[1] in models and pair[0] != pair[1]
+                                    for pair in pairs),
+                f"{where}: pairs must list [model, baseline] pairs of two different models of the experiment")
+        claims = tuple(Claim(claim_text(model, baseline, c), model, baseline, c.label, c.claim)
+                       for model, baseline in pairs for c in conditions if c.claim != "none")
+        require(len(labels) == len(conditions), f"{where}: condition labels must differ")
         require(item.get("better") in ("lower", "higher") and all(c.better in (None, "lower", "higher")
                                                                   for c in conditions),
                 f"{where}: better must be lower or higher")
@@ -115,7 +152,7 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
             name=item["name"], preset=item["preset"], overrides=_strings(f"{where}, set", item.get("set", [])),
             models=models, conditions=conditions, better=item["better"], curve=item["curve"],
             curve_label=item.get("curve_label", item["curve"]), generalisation=item.get("generalisation"),
-            generalisation_metric=item.get("generalisation_metric"), claims=claims, minutes=minutes,
+            generalisation_metric=item.get("generalisation_metric"), pairs=pairs, claims=claims, minutes=minutes,
             note=item.get("note", "").strip(),
         ))
     require(experiments, f"suite {name}: no experiments")
