@@ -55,7 +55,7 @@ def test_no_reference_is_played_for_atari():
 
 
 def test_the_error_per_frame_figure_shows_the_constant_baseline(tmp_path, monkeypatch):
-    from brims_experiments.train import video_plots
+    from brims_experiments.experiments import video as video_plots
 
     figures = []
     monkeypatch.setattr(video_plots, "save_figure", lambda figure, path: figures.append(figure))
@@ -70,7 +70,7 @@ def test_the_rollout_gif_labels_its_columns(tmp_path):
     import torch
     from PIL import Image
 
-    from brims_experiments.train import video_plots
+    from brims_experiments.experiments import video as video_plots
 
     true, predicted = torch.zeros(3, 8, 8), torch.ones(3, 8, 8)
     path = video_plots.save_gif(tmp_path / "r.gif", [("2 balls", None, true, predicted)])

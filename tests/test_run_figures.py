@@ -10,7 +10,9 @@ import math
 import matplotlib.pyplot as plt
 import pytest
 
-from brims_experiments.train import plots, video_plots
+from brims_experiments.experiments import experiment
+from brims_experiments.experiments import video as video_plots
+from brims_experiments.train import plots
 from brims_experiments.train.run import RunLog
 
 TRAIN_STEPS = range(9, 1000, 10)
@@ -46,7 +48,7 @@ def adding_run(tmp_path):
 
 def test_the_learning_curves_of_a_task_whose_metric_is_its_loss_are_two_different_panels(adding_run):
     """Adding logs mse == loss: the panels were "loss" and "mse", each train and val, the same picture."""
-    figure = plots.learning_curves_figure(plots.read_log(adding_run), "t", plots.LEARNING_METRIC["adding"])
+    figure = plots.learning_curves_figure(plots.read_log(adding_run), "t", experiment("adding").learning_metric)
     training, validation = figure.axes
     assert ydata(training) == pytest.approx([decaying(s) for s in TRAIN_STEPS])
     assert ydata(validation) == pytest.approx([1.1 * decaying(s) for s in VAL_STEPS])
@@ -65,7 +67,7 @@ def test_the_learning_curves_png_is_written(adding_run):
 
 def test_an_accuracy_is_drawn_linear_in_percent_beside_the_log_loss(tmp_path):
     write_log(tmp_path, train={"loss": decaying, "acc": lambda s: 0.5}, val={"loss": decaying, "acc": lambda s: 0.9})
-    figure = plots.learning_curves_figure(plots.read_log(tmp_path), "t", plots.LEARNING_METRIC["seqimage"])
+    figure = plots.learning_curves_figure(plots.read_log(tmp_path), "t", experiment("seqimage").learning_metric)
     training, validation = figure.axes
     assert (training.get_yscale(), validation.get_yscale()) == ("log", "linear")
     assert ydata(validation) == pytest.approx([90.0] * len(VAL_STEPS))
@@ -76,7 +78,7 @@ def test_an_accuracy_is_drawn_linear_in_percent_beside_the_log_loss(tmp_path):
 def test_without_the_metric_the_validation_panel_draws_the_validation_loss(tmp_path):
     """A word-level language model logs no bpc: its second panel is the validation loss, not nothing."""
     write_log(tmp_path, train={"loss": lambda s: 6 - s / 500}, val={"loss": lambda s: 5.5 - s / 500})
-    figure = plots.learning_curves_figure(plots.read_log(tmp_path), "t", plots.LEARNING_METRIC["lm"])
+    figure = plots.learning_curves_figure(plots.read_log(tmp_path), "t", experiment("lm").learning_metric)
     _, validation = figure.axes
     assert ydata(validation) == pytest.approx([5.5 - s / 500 for s in VAL_STEPS])
     assert "validation loss" in validation.get_ylabel()
@@ -108,7 +110,7 @@ def test_mse_by_length_is_drawn_on_a_log_axis(tmp_path):
     model_line = axis.get_lines()[0]
     assert list(model_line.get_ydata()) == [2.5e-3, 9.3e-3, 4.2e-2]
     plt.close(figure)
-    path = plots.plot_test_summary([metrics], tmp_path / plots.SUMMARIES["adding"][-1], "t")
+    path = plots.plot_test_summary([metrics], tmp_path / experiment("adding").summary_file, "t")
     assert path.name == "mse_by_length.png" and path.read_bytes()[:4] == b"\x89PNG"
 
 

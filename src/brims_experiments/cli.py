@@ -298,10 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted{hint}", file=sys.stderr)
         return 130
     except ModuleNotFoundError as error:
-        extra = EXTRA_OF.get((error.name or "").split(".")[0])
+        extra, what = EXTRA_OF.get((error.name or "").split(".")[0], (None, None))
         if args.debug or extra is None:
             raise
-        what = "reinforcement learning" if extra == "rl" else "the experiments'"
         print(f"error: `brims {args.command}` needs {what} packages ({error.name} is not installed): "
               f"pip install 'brims[{extra}]'", file=sys.stderr)
         return 2
@@ -315,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-# What the extras install (the library itself needs torch only), by the module a missing one leaves out.
+# What the extras install (the library itself needs torch only), by the module a missing one leaves out:
+# the extra's name and what its packages are for.
 EXTRA_OF = {
-    **dict.fromkeys(("yaml", "lightning", "matplotlib", "numpy", "rdata", "PIL", "tqdm"), "train"),
-    **dict.fromkeys(("gymnasium", "minigrid", "ale_py"), "rl"),
+    **dict.fromkeys(("yaml", "lightning", "matplotlib", "numpy", "rdata", "PIL", "tqdm"), ("train", "the experiments'")),
+    **dict.fromkeys(("gymnasium", "minigrid", "ale_py"), ("rl", "reinforcement learning")),
 }
 
 

@@ -429,22 +429,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 MODEL_NAMES = {"brims": "BRIMs", "rims": "RIMs", "brims-no-top-down": "BRIMs without top-down", "lstm": "LSTM"}
-DATA_NAMES = {
-    "mnist": "sequential MNIST", "fashion-mnist": "sequential Fashion-MNIST", "cifar10": "sequential CIFAR-10",
-    "copying": "the copying task", "adding": "the adding problem", "austen": "Jane Austen (words)",
-    "shakespeare": "Shakespeare (characters)", "gcide": "the GCIDE dictionary (characters)",
-    "balls": "bouncing balls",
-}
 
 
 def title_of(metrics: dict[str, Any], with_model: bool = True) -> str:
-    """A figure title in words from a run's ``metrics.json``: the model and what it learned."""
-    if metrics.get("task") == "video" and metrics.get("dataset") == "mnist":
-        data = "Moving MNIST"
-    elif metrics.get("task") == "rl":
-        data = str(metrics.get("env", "RL"))
-    else:
-        data = DATA_NAMES.get(str(metrics.get("dataset")), str(metrics.get("dataset", metrics.get("task"))))
+    """A figure title in words from a run's ``metrics.json``: the model and what it learned (the
+    experiment's ``data_words``)."""
+    from brims_experiments.experiments import experiment_of_metrics
+
+    data = experiment_of_metrics(metrics).data_words(metrics)
     model = MODEL_NAMES.get(str(metrics.get("model")), str(metrics.get("model")))
     return f"{model} on {data}" if with_model else data
 

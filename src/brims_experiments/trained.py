@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from brims_experiments.rl.config import task_of
+from brims_experiments.experiments import experiment_of
 
 
 class TrainedRun(NamedTuple):
@@ -33,13 +33,4 @@ def load_run(path: str | Path, device: torch.device | str = "cpu") -> TrainedRun
     for a config this version cannot read, as the command line does.
     """
     path = Path(path)
-    if task_of(path) == "rl":
-        from brims_experiments.rl.run import load_agent
-
-        config, agent, checkpoint = load_agent(path, torch.device(device))
-        return TrainedRun(config, agent, agent.core.network, checkpoint)
-    from brims_experiments.train.run import load_trained
-
-    config, model, _ = load_trained(path, device)
-    checkpoint = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
-    return TrainedRun(config, model, model.core.network, checkpoint)
+    return TrainedRun(*experiment_of(path).load_trained(path, device))

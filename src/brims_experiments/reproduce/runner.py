@@ -225,10 +225,9 @@ def record_session(results: Path, session: dict[str, Any]) -> None:
 def data_of(config: Any) -> tuple[str, str | None] | None:
     """The fetched data set a run's config reads and its ``data.data_dir`` (None: the default data
     root); None for the generated tasks (adding, copying, bouncing balls) and RL, which fetch nothing."""
-    data = getattr(config, "data", None)
-    name = {"seqimage": getattr(data, "dataset", None), "lm": getattr(data, "corpus", None),
-            "video": "mnist" if getattr(data, "dataset", None) == "mnist" else None}.get(getattr(config, "task", None))
-    return (name, data.data_dir) if name else None
+    from brims_experiments.experiments import experiment
+
+    return experiment(config.task).fetched_data(config)
 
 
 def fetches_needed(runs: list[PlannedRun], states: dict[str, str]) -> list[str]:

@@ -18,12 +18,12 @@ from typing import Any
 
 import yaml
 
+from brims_experiments.experiments import task_of  # noqa: F401 -- where it used to be
 from brims_experiments.runs import (
     build_config,
     check_logger,
     config_layers,
     int_at_least,
-    load_yaml,
     merge,
     parse_device,
     plain,
@@ -200,23 +200,6 @@ register_sections({
     (RLConfig, "train"): RLTrainConfig,
     (RLModelConfig, "core"): CoreConfig,
 })
-
-
-def task_of(path: str | Path) -> str | None:
-    """The ``task`` a YAML config names, without validating it: a run folder's ``config.yaml``, and
-    for a ``.ckpt`` file that of the run folder whose ``checkpoints/`` holds it."""
-    path = Path(path)
-    if path.suffix == ".ckpt":
-        path = path.parent.parent
-    if path.is_dir():
-        path = path / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        loaded = load_yaml(path.read_text())
-    except yaml.YAMLError:
-        return None
-    return loaded.get("task") if isinstance(loaded, dict) else None
 
 
 def load_rl_config(path: str | Path | None = None, overrides: list[str] | None = None,

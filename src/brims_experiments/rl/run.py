@@ -139,8 +139,8 @@ def _train_holding_lock(run_dir: Path, config: RLConfig, spaces: EnvSpaces, devi
     last = run_dir / LAST
     if last.is_file():
         checkpoint = read_checkpoint(last)
+        check_checkpoint_env(checkpoint, last, config, spaces)  # the more specific message first
         check_checkpoint_config(checkpoint, config, last)
-        check_checkpoint_env(checkpoint, last, config, spaces)
         _load_weights(agent, checkpoint, last)
         optimizer.load_state_dict(checkpoint["optimizer"])
         update, rows, recent = checkpoint["update"], list(checkpoint["rows"]), list(checkpoint["recent_returns"])

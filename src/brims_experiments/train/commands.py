@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from brims_experiments.experiments import experiment_of, experiment_of_metrics
+
 log = logging.getLogger(__name__)
 
 PRESETS_PACKAGE = "brims_experiments.configs"
@@ -50,22 +52,16 @@ def describe_preset(name: str) -> dict[str, str]:
     summary = re.split(r"[.:;]\s", comment + " ", maxsplit=1)[0].strip().rstrip(".:;")
     if summary.count("(") > summary.count(")"):  # cut inside a parenthesis: keep what precedes it
         summary = summary[: summary.rindex("(")].strip()
-    config = load_any_config(resolve_config(name))
-    if config.task == "rl":
-        budget = f"{config.ppo.total_steps:,} environment steps"
-    elif config.train.max_steps:
-        budget = f"{config.train.max_steps:,} steps"
-    else:
-        budget = f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''}"
+    path = resolve_config(name)
+    found = experiment_of(path)
+    config = found.load_config(path)
+    budget = found.budget(config)
     return {"preset": name, "task": config.task, "description": summary, "budget": budget}
 
 
 def load_any_config(path: Path, overrides: list[str] | None = None) -> Any:
-    """A supervised or an RL config (by the ``task`` it names), with ``overrides``."""
-    from brims_experiments.rl.config import load_rl_config, task_of
-    from brims_experiments.train.config import load_config
-
-    return (load_rl_config if task_of(path) == "rl" else load_config)(path, overrides)
+    """The config of any experiment (the one its ``task`` names), with ``overrides``."""
+    return experiment_of(path).load_config(path, overrides)
 
 
 def run_presets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -192,53 +188,21 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _train_or_resume(args: argparse.Namespace, source: Path, path: Path | None) -> int:
     import torch
 
-    from brims_experiments.rl.config import task_of
-    from brims_experiments.runs import amend_run_config, run_dir_for, say_if_compiling
-    from brims_experiments.train.config import load_config
-    from brims_experiments.train.run import train
+    from brims_experiments.runs import amend_run_config
 
     if path is None and args.set:  # a resume may change what does not change the run, and extend it
         for line in amend_run_config(source, args.set, load_any_config):
             print(f"changed for this resume: {line}")
     torch.set_flush_denormal(True)  # decaying recurrent states otherwise hit slow denormal arithmetic
-    if task_of(source if path is None else path) == "rl":
-        from brims_experiments.rl.commands import run_train as run_rl_train
-
-        return run_rl_train(args, path)
-    if path is None:
-        run_dir, config = source, None
-    else:
-        config = load_config(path, args.set)
-        run_dir = run_dir_for(args, path, config.model.core.kind)
-    args.run_folder = run_dir  # for the message after Ctrl-C
-    metrics = train(run_dir, config, progress=not args.no_progress, announce=say_if_compiling)
-    if metrics is not None:
-        print(format_table([metrics]))
-        print(f"run folder: {run_dir}")
-    return 0
+    return experiment_of(source if path is None else path).train_command(args, path)
 
 
 def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.rl.config import task_of
-    from brims_experiments.train.run import test
-
-    path = Path(args.path)
-    if task_of(path) == "rl":
-        from brims_experiments.rl.commands import run_test as run_rl_test
-
-        return run_rl_test(args, parser)
-    if args.episodes is not None:
-        parser.error("--episodes applies to RL runs only")
-
-    metrics = test(args.path, device=args.device, progress=not args.no_progress, out=args.out)
-    print(format_table([metrics]))
-    print(f"metrics and figures written to {metrics['written_to']}")
-    return 0
+    return experiment_of(Path(args.path)).test_command(args, parser)
 
 
 def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.runs import METRICS_FILE, read_json, title_of
-    from brims_experiments.train.plots import plot_test_summary
+    from brims_experiments.runs import METRICS_FILE, read_json
 
     runs = []
     for folder in args.runs:
@@ -248,18 +212,12 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         metrics = read_json(path, "the run's test metrics")
         metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
         runs.append(metrics)
+    found = {experiment_of_metrics(run) for run in runs}
+    if len(found) > 1:
+        parser.error(f"compare runs of one task at a time, not of {', '.join(sorted(e.name for e in found))}")
     plot = Path(args.plot) if args.plot else comparison_path(args.runs)
     replaced = plot.exists()
-    if any(run.get("task") == "rl" for run in runs):
-        if any(run.get("task") != "rl" for run in runs):
-            parser.error("compare RL runs with RL runs only")
-        from brims_experiments.rl.commands import run_compare as run_rl_compare
-
-        run_rl_compare(runs, args.runs, plot)
-        print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
-        return 0
-    print(format_table(runs, [Path(f).name for f in args.runs]))
-    plot_test_summary(runs, plot, title_of(runs[0], with_model=False))
+    found.pop().compare(runs, args.runs, plot)
     print(f"plot: {plot}" + (" (replaced the earlier one)" if replaced else ""))
     return 0
 
@@ -275,99 +233,7 @@ def comparison_path(folders: list[str]) -> Path:
     return Path(folders[0]).parent / f"comparison_{stem}.png"
 
 
-def format_table(runs: list[dict[str, Any]], names: list[str] | None = None) -> str:
-    """Markdown, one row per run: the task's test metric per condition (and noise level)."""
-    task = runs[0].get("task", "seqimage")
-    if any(run.get("task", "seqimage") != task for run in runs):
-        raise ValueError("compare runs of one task at a time")
-    if task == "lm":
-        return _language_table(runs, names)
-    if task == "video":
-        return _video_table(runs, names)
-    key, metric, label, scale, digits = {
-        "seqimage": ("resolution", "acc", "{c}x{c} acc %", 100.0, 1),
-        "copying": ("gap", "sequence_acc", "gap {c} seq acc % (copy CE)", 100.0, 1),
-        "adding": ("length", "mse", "length {c} MSE", 1.0, 4),
-    }[task]
-    conditions = sorted({int(c) for run in runs for c in run[key]})
-    noises = list(dict.fromkeys(n for run in runs for n in run.get("noise", {})))
-    monitor = "val_acc" if task == "seqimage" else "val_loss"
-    header = (["run", "model", "params", "best " + monitor] + [label.format(c=c) for c in conditions]
-              + [f"{n} acc %" for n in noises])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, run in enumerate(runs):
-        best = run.get(monitor)
-        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
-                 "-" if best is None else (f"{100 * best:.1f}" if task == "seqimage" else f"{best:.4f}")]
-        for condition in conditions:
-            result = run[key].get(str(condition))
-            cell = "-" if result is None else f"{scale * result[metric]:.{digits}f}"
-            if result is not None and task == "copying":
-                cell += f" ({result['copy_ce']:.3f})"
-            cells.append(cell)
-        cells += [f"{100 * run['noise'][n]['acc']:.1f}" if n in run.get("noise", {}) else "-" for n in noises]
-        lines.append("| " + " | ".join(cells) + " |")
-    if task == "adding":
-        lines.append(f"\n(predicting 1 always scores MSE {runs[0]['trivial_mse']:.4f})")
-    if task == "copying":
-        lines.append(f"\n(copy CE: cross-entropy on the symbols to reproduce; chance {runs[0]['chance_copy_ce']:.3f})")
-    return "\n".join(lines)
-
-
-def _language_table(runs: list[dict[str, Any]], names: list[str] | None) -> str:
-    """Perplexity (word level) or bits per character on the whole validation and test splits,
-    and on the test split with a share of its input tokens replaced at random."""
-    metric = "bpc" if runs[0]["level"] == "char" else "ppl"
-    shares = list(dict.fromkeys(share for run in runs for share in run["noise"]))
-    header = ["run", "model", "params", f"valid {metric}", f"test {metric}"] + [f"test {metric}, {s} noise"
-                                                                                 for s in shares]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, run in enumerate(runs):
-        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
-                 f"{run['valid'][metric]:.3f}", f"{run['test'][metric]:.3f}"]
-        cells += [f"{run['noise'][s][metric]:.3f}" if s in run["noise"] else "-" for s in shares]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _video_table(runs: list[dict[str, Any]], names: list[str] | None) -> str:
-    """Binary cross-entropy per frame (nats, summed over its pixels), averaged over the frames of
-    the closed-loop rollout, per test condition; the teacher-forced frames' mean in brackets."""
-    conditions = list(dict.fromkeys(name for run in runs for name in run["condition"]))
-    header = ["run", "model", "params", "best val_loss"] + [f"{c}: rollout BCE (teacher-forced)" for c in conditions]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, run in enumerate(runs):
-        best = run.get("val_loss")
-        cells = [names[i] if names else run["model"], run["model"], f"{run['parameters']:,}",
-                 "-" if best is None else f"{best:.4f}"]
-        for condition in conditions:
-            result = run["condition"].get(condition)
-            cells.append("-" if result is None else f"{result['rollout_bce']:.1f} ({result['teacher_bce']:.1f})")
-        lines.append("| " + " | ".join(cells) + " |")
-    first = runs[0]
-    constant = ", ".join(f"{c} {r['constant_bce']:.1f}" for c, r in first["condition"].items())
-    lines.append(f"\n(BCE per {first['frame_size']}x{first['frame_size']} frame in nats; {first['teacher_frames']} "
-                 f"teacher-forced frames of {first['frames']}. Predicting every pixel as the mean intensity scores: "
-                 f"{constant})")
-    return "\n".join(lines)
-
-
 def run_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    import torch
+    from brims_experiments.experiments.language import generate_command
 
-    from brims_experiments.tasks.language import sample
-    from brims_experiments.train.run import load_trained
-    from brims_experiments.train.tasks import make_task
-
-    config, model, _ = load_trained(args.path)
-    if config.task != "lm":
-        parser.error(f"{args.path} is a {config.task} run; generate needs a language model (task lm)")
-    vocabulary = make_task(config).vocabulary()  # load_trained checked it against the checkpoint
-    start = "\n" if vocabulary.level == "char" else "<eos>"  # the start of a paragraph
-    prompt = vocabulary.encode(args.prompt) if args.prompt else torch.tensor([vocabulary.id_of(start)])
-    if prompt.numel() == 0:
-        parser.error(f"the prompt {args.prompt!r} holds no token of the vocabulary")
-    drawn = sample(model, prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed))
-    separator = " " if args.prompt and vocabulary.level == "word" else ""
-    print(args.prompt + separator + vocabulary.decode(drawn))
-    return 0
+    return generate_command(args, parser)

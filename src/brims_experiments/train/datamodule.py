@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from brims_experiments.data.images import load_image_split
 from brims_experiments.tasks.seqimage import make_sequences
-from brims_experiments.train.config import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class TrackTrainedBatches(Callback):
 class SeqImageDataModule(L.LightningDataModule):
     """Train and validation splits at the training resolution (validation held out, seeded)."""
 
-    def __init__(self, config: DataConfig, seed: int) -> None:
+    def __init__(self, config: Any, seed: int) -> None:
         super().__init__()
         self.config = config
         self.seed = seed

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from brims_experiments.runs import FORMAT_KEY, FORMAT_VERSION
 from brims_experiments.train.config import ExperimentConfig
-from brims_experiments.train.tasks import make_task
+from brims_experiments.train.tasks import Task, make_task
 
 
 class ExperimentModule(L.LightningModule):
@@ -21,10 +21,10 @@ class ExperimentModule(L.LightningModule):
     whether training had finished when it was saved (``finished``: set by the run for its last save).
     """
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, task: Task | None = None) -> None:
         super().__init__()
         self.config = config
-        self.task = make_task(config)
+        self.task = task if task is not None else make_task(config)  # the run's task, built once
         self.model = self.task.build_model()
         self.finished = False
 

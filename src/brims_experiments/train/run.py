@@ -53,7 +53,7 @@ from brims_experiments.train.config import ExperimentConfig, load_config
 from brims_experiments.train.datamodule import TrackTrainedBatches
 from brims_experiments.train.module import ExperimentModule
 from brims_experiments.train.progress import ProgressLines, RunProgressBar
-from brims_experiments.train.tasks import make_task
+from brims_experiments.train.tasks import Task, make_task
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,15 @@ class RunLog(Logger):
                 self._rows[(row["step"], frozenset(row) - {"step"})] = row
 
 
-def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True, from_step: int = 0) -> L.Trainer:
-    """Lightning's trainer for the run folder; ``from_step``: the step a resume starts from."""
+def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True, from_step: int = 0,
+                 task: Task | None = None) -> L.Trainer:
+    """Lightning's trainer for the run folder; ``from_step``: the step a resume starts from; ``task``:
+    the run's task (its monitor selects ``best.ckpt``), built from ``config`` when not given."""
     train = config.train
     loggers: list[Logger] = [RunLog(run_dir)]
     if train.logger == "tensorboard":
         loggers.append(tensorboard_logger(run_dir, from_step))
-    task = make_task(config)
+    task = task if task is not None else make_task(config)
     best = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=task.monitor, mode=task.mode,
                            save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False)
     last = SaveLast(run_dir / "checkpoints" / "last.ckpt", train.checkpoint_every, train.validate_every)
@@ -230,18 +232,19 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
         config = prepare_run_dir(run_dir, None, load_config)  # resume with the folder's own config
     # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
     # nothing that blocks the corrected command.
-    make_task(config).check_data()  # missing or corrupted data
+    task = make_task(config)  # the run's one task: the module, the trainer and the test use it
+    task.check_data()  # missing or corrupted data
     asks_gpu = config.train.accelerator in ("gpu", "cuda")
     if asks_gpu:
         check_device("cuda", f"train.accelerator={config.train.accelerator}: the device")
     on_gpu = asks_gpu or (config.train.accelerator == "auto" and torch.cuda.is_available())
     config.model.core.check_device("cuda" if on_gpu else "cpu", "train.accelerator=gpu")
     with RunFolderLock(run_dir):
-        return _train_holding_lock(run_dir, config, progress, test_after, announce)
+        return _train_holding_lock(run_dir, config, progress, test_after, announce, task)
 
 
 def _train_holding_lock(run_dir: Path, config: ExperimentConfig, progress: bool, test_after: bool,
-                        announce: Callable[[ExperimentConfig], None] | None) -> dict[str, Any] | None:
+                        announce: Callable[[ExperimentConfig], None] | None, task: Task) -> dict[str, Any] | None:
     last = run_dir / "checkpoints" / "last.ckpt"
     metrics_path = run_dir / METRICS_FILE
     resume = last if last.is_file() else None
@@ -254,7 +257,7 @@ def _train_holding_lock(run_dir: Path, config: ExperimentConfig, progress: bool,
             if metrics_path.is_file():
                 log.info("%s is finished; its metrics stand (`brims test` re-evaluates)", run_dir)
                 return read_json(metrics_path, "the run's test metrics")
-            return test(run_dir, progress=progress, lock=False) if test_after else None
+            return test(run_dir, progress=progress, lock=False, task=task) if test_after else None
         resumed_step = checkpoint.get("global_step")
         log.info("resuming %s from %s (step %s)", run_dir, resume, resumed_step)
     if announce is not None:
@@ -262,12 +265,12 @@ def _train_holding_lock(run_dir: Path, config: ExperimentConfig, progress: bool,
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    module = ExperimentModule(config)  # the model: its size errors (e.g. tied embeddings)
+    module = ExperimentModule(config, task)  # the model: its size errors (e.g. tied embeddings)
     if resume is not None:
         module.task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
     datamodule = module.task.datamodule()
     # Lightning refuses a precision or strategy here (and a logger whose package is missing).
-    trainer = make_trainer(config, run_dir, progress, from_step=resumed_step or 0)
+    trainer = make_trainer(config, run_dir, progress, from_step=resumed_step or 0, task=task)
     config = prepare_run_dir(run_dir, config, load_config)
     session = TrainingSession(run_dir)
     session.earlier_sessions()  # a corrupted record refuses the start, not the first checkpoint
@@ -276,7 +279,7 @@ def _train_holding_lock(run_dir: Path, config: ExperimentConfig, progress: bool,
     if not trainer.is_global_zero:
         return None
     session.record(ended=True, from_step=resumed_step or 0, to_step=trainer.global_step)
-    return test(run_dir, progress=progress, lock=False) if test_after else None
+    return test(run_dir, progress=progress, lock=False, task=task) if test_after else None
 
 
 def _finished_with_budget(checkpoint: dict[str, Any], config: ExperimentConfig) -> bool:
@@ -312,21 +315,26 @@ class RecordSessionAtCheckpoints(Callback):
 
 def load_trained(path: str | Path, device: torch.device | str = "cpu") -> tuple[ExperimentConfig, Any, dict[str, Any]]:
     """``(config, model in eval mode, checkpoint)`` from a run folder (its best) or a ``.ckpt``."""
-    config, _, model, checkpoint = _load_trained(path, device)
+    config, _, model, checkpoint = load_trained_task(path, device)
     return config, model, checkpoint
 
 
-def _load_trained(path: str | Path, device: torch.device | str) -> tuple[ExperimentConfig, Any, Any, dict[str, Any]]:
-    """:func:`load_trained`, with the task that built the model (its data read and checked once)."""
+def load_trained_task(path: str | Path, device: torch.device | str = "cpu",
+                      task: Task | None = None) -> tuple[ExperimentConfig, Task, Any, dict[str, Any]]:
+    """:func:`load_trained`, with the task that built the model (its data read and checked once).
+    ``task``: the task of the run just trained, used again when the checkpoint holds its config."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "best.ckpt"
     checkpoint = read_checkpoint(path)
-    try:
-        config = load_config(base=checkpoint[FORMAT_KEY]["config"])
-    except ConfigError as error:
-        raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
-    task = make_task(config)
+    if task is not None and checkpoint[FORMAT_KEY]["config"] == task.config.as_dict():
+        config = task.config
+    else:
+        try:
+            config = load_config(base=checkpoint[FORMAT_KEY]["config"])
+        except ConfigError as error:
+            raise CheckpointError(f"{path}: its config is not valid here ({error})") from None
+        task = make_task(config)
     task.check_checkpoint(checkpoint[FORMAT_KEY].get("task_state", {}))
     model = task.build_model()
     weights = {k.removeprefix("model."): v for k, v in checkpoint.get("state_dict", {}).items()}
@@ -338,25 +346,26 @@ def _load_trained(path: str | Path, device: torch.device | str) -> tuple[Experim
 
 
 def test(path: str | Path, device: str | None = None, progress: bool = True,
-         out: str | Path | None = None, lock: bool = True) -> dict[str, Any]:
+         out: str | Path | None = None, lock: bool = True, task: Task | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and
     plots to ``out``, or to the run folder (:func:`brims_experiments.runs.results_folder`), holding
-    that folder's lock (``lock=False``: the caller holds it)."""
+    that folder's lock (``lock=False``: the caller holds it). ``task``: the task of the run just trained."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such run folder or checkpoint")
     torch_device = check_device(device, "--device") if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     folder = results_folder(path, out)  # checked before the evaluation, not after it
     with RunFolderLock(folder) if lock else contextlib.nullcontext():
-        return _test_into(path, folder, torch_device, progress)
+        return _test_into(path, folder, torch_device, progress, task)
 
 
-def _test_into(path: Path, folder: Path, torch_device: torch.device, progress: bool) -> dict[str, Any]:
+def _test_into(path: Path, folder: Path, torch_device: torch.device, progress: bool,
+               task: Task | None = None) -> dict[str, Any]:
     from brims_experiments.train import plots
 
     run_dir = path if path.is_dir() else path.parent.parent  # where its train_time.json may be
     torch.set_flush_denormal(True)  # as in training: decaying recurrent states hit slow denormal arithmetic
-    config, task, model, checkpoint = _load_trained(path, torch_device)
+    config, task, model, checkpoint = load_trained_task(path, torch_device, task)
     started = time.perf_counter()
     results = task.evaluate(model, torch_device, progress)
     metrics = {
