@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from brims_experiments.checkpoints import read_checkpoint
 from brims_experiments.cli import main
-from brims_experiments.runs import read_checkpoint
 
 
 @contextlib.contextmanager

@@ -212,7 +212,7 @@ def test_the_brims_command_chooses_the_cache_before_torch_fixes_its_own(tmp_path
                                             ({"kind": "brims", "compile": False}, False),
                                             ({"kind": "lstm", "compile": True}, False)])
 def test_a_compiled_core_says_it_is_compiling(capsys, core, says):
-    from brims_experiments.runs import say_if_compiling
+    from brims_experiments.run_folder import say_if_compiling
     from brims_experiments.train.config import load_config
 
     say_if_compiling(load_config(base={"model": {"core": core}}))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from brims_experiments.config_files import ConfigError
 from brims_experiments.rl.config import load_rl_config
-from brims_experiments.runs import ConfigError
 from brims_experiments.train.commands import resolve_config
 from brims_experiments.train.config import load_config
 

@@ -23,7 +23,10 @@ TINY = {"hidden_sizes": [8, 6], "num_modules": [2, 1], "top_k": [1, 1], "input_h
         "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4, "attention_dropout": 0.0}
 INPUT, BATCH, STEPS = 5, 4, 3
 ROWS = torch.tensor([True, False, False, True])  # (B,): the rows to reset
-VARIANTS = [*CORE_KINDS, "brims-gru"]  # and a GRU-cell BRIMs, whose c mirrors h
+# Every kind that carries a state (the memoryless core carries zeros it never reads: its own test
+# below), and a GRU-cell BRIMs, whose c mirrors h.
+REMEMBERING = [kind for kind in CORE_KINDS if kind != "memoryless"]
+VARIANTS = [*REMEMBERING, "brims-gru"]
 
 
 def make_core(kind: str) -> RecurrentCore:
@@ -31,8 +34,8 @@ def make_core(kind: str) -> RecurrentCore:
     options = dict(TINY)
     if kind == "rims":
         options.update(hidden_sizes=[8], num_modules=[2], top_k=[1])
-    if kind == "lstm":
-        options.update(hidden_sizes=[8, 8])  # the LSTM's layers are of one size
+    if kind in ("lstm", "memoryless"):
+        options.update(hidden_sizes=[8, 8])  # the LSTM's layers are of one size, and so are the memoryless ones
     if kind == "brims-gru":
         kind, options["cell"] = "brims", "gru"
     return RecurrentCore(CoreConfig(kind=kind, brims=options), INPUT).double().eval()
@@ -92,7 +95,7 @@ def test_reset_rows_zeroes_exactly_the_masked_rows(kind):
     assert all(torch.equal(a, b) for a, b in zip(tensors(core, unchanged), before))
 
 
-@pytest.mark.parametrize("kind", CORE_KINDS)
+@pytest.mark.parametrize("kind", REMEMBERING)
 def test_reset_rows_refuses_a_mask_that_is_not_bool_per_row(kind):
     core = make_core(kind)
     state = core.initial_state(BATCH)
@@ -265,3 +268,20 @@ def test_the_source_check_catches_each_way_of_looking_inside(snippet, message):
 ])
 def test_the_source_check_lets_other_code_be(snippet):
     assert state_violations(SOURCE / "example.py", snippet) == []
+
+
+def test_the_memoryless_core_reads_each_step_alone():
+    """Its output at step t is a function of x_t only: the same input at a step gives the same output
+    whatever came before it, and whatever state is passed in."""
+    torch.manual_seed(0)
+    core = RecurrentCore(CoreConfig(kind="memoryless", brims={"hidden_sizes": (6, 6)}), input_size=3).double()
+    x = torch.randn(5, 4, 3, dtype=torch.float64)
+    other = torch.cat([torch.randn(3, 4, 3, dtype=torch.float64), x[3:]])  # another past, the same last steps
+    out, state, _ = core(x)
+    out_other, _, _ = core(other, core.reset_rows(core.initial_state(4), torch.ones(4, dtype=torch.bool)))
+    assert torch.equal(out[3:], out_other[3:]) and not torch.equal(out[:3], out_other[:3])
+    assert all(not t.any() for t in core._parts(state))  # the state it carries is zeros
+    lstm = RecurrentCore(CoreConfig(kind="lstm", brims={"hidden_sizes": (6, 6)}), input_size=3).double()
+    lstm_out, _, _ = lstm(x)
+    lstm_other, _, _ = lstm(other)
+    assert not torch.equal(lstm_out[3:], lstm_other[3:])  # the property is not trivial: the LSTM remembers

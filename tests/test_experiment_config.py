@@ -9,9 +9,9 @@ import pytest
 
 from brims import BRIMsConfig
 from brims_experiments.cli import main
+from brims_experiments.config_files import ConfigError, parse_overrides
 from brims_experiments.experiments import task_of
 from brims_experiments.experiments.seqimage import DataConfig
-from brims_experiments.runs import ConfigError, parse_overrides
 from brims_experiments.tasks.cores import BRIMS_FIELDS, CoreConfig
 from brims_experiments.train.commands import preset_names, resolve_config
 from brims_experiments.train.config import ExperimentConfig, ModelConfig, TrainConfig, load_config

@@ -21,8 +21,8 @@ NAMES = frozenset(EXPERIMENTS)
 
 # The generic harness: what must ask the registry. The experiment modules (experiments/<name>.py,
 # rl/) and the registry itself (experiments/__init__.py) are where names belong.
-GENERIC = ["train/*.py", "runs.py", "cli.py", "trained.py", "reproduce/*.py", "experiments/base.py",
-           "experiments/generated.py"]
+GENERIC = ["train/*.py", "config_files.py", "devices.py", "run_folder.py", "checkpoints.py", "figures.py", "run_lock.py",
+           "cli.py", "trained.py", "reproduce/*.py", "experiments/base.py", "experiments/generated.py"]
 
 
 def generic_modules() -> list[Path]:

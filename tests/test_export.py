@@ -15,8 +15,9 @@ import yaml
 from cli_support import brims
 
 from brims import BRIMs
+from brims_experiments.checkpoints import CheckpointError
+from brims_experiments.config_files import ConfigError
 from brims_experiments.export import export_run
-from brims_experiments.runs import CheckpointError, ConfigError
 from brims_experiments.trained import load_run
 
 TINY = {

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from brims_experiments.figures import title_of
 from brims_experiments.rl.config import EnvConfig
 from brims_experiments.rl.envs import reference_returns
-from brims_experiments.runs import title_of
 from brims_experiments.train import plots
 
 

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from brims_experiments.cli import main
+from brims_experiments.config_files import ConfigError
 from brims_experiments.tasks.adding import TRIVIAL_MSE, AddingTaskConfig, make_adding_batch
-from brims_experiments.runs import ConfigError
 from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import FreshBatchSampler, IndexedExamples
 from brims_experiments.train.tasks import make_task

@@ -11,13 +11,13 @@ import torch
 import yaml
 from cli_support import brims, kill_training
 
+from brims_experiments.checkpoints import read_checkpoint
 from brims_experiments.cli import main
+from brims_experiments.config_files import ConfigError
 from brims_experiments.data.corpora import batchify, prepare_corpus
 from brims_experiments.data.vocab import VocabularyMismatchError
 from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.tasks.language import LanguageModel, detach_state, sample, state_from_plain, state_to_plain
-from brims_experiments.runs import read_checkpoint
-from brims_experiments.runs import ConfigError
 from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import InOrderBatchSampler, TextWindows
 from brims_experiments.train.run import load_trained

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from cli_support import brims
 
+from brims_experiments.config_files import ConfigError
 from brims_experiments.reproduce.report import (
     Comparison,
     Estimate,
@@ -23,7 +24,6 @@ from brims_experiments.reproduce.report import (
 )
 from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
 from brims_experiments.reproduce.suites import load_suite, parse_suite
-from brims_experiments.runs import ConfigError
 from brims_experiments.suites import suite_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,7 +220,7 @@ def test_a_session_is_on_record_from_its_start_and_after_every_run(reproduced):
 
 
 def test_an_unreadable_suite_record_is_refused_by_name(tmp_path):
-    from brims_experiments.runs import ConfigError
+    from brims_experiments.config_files import ConfigError
 
     (tmp_path / "suite.json").write_text("<<<<<<< HEAD\n")
     with pytest.raises(ConfigError, match="suite.json is not a suite record"):

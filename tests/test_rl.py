@@ -19,16 +19,16 @@ import pytest
 import torch
 import yaml
 
+from brims_experiments.checkpoints import read_checkpoint
 from brims_experiments.cli import main
+from brims_experiments.config_files import ConfigError
 from brims_experiments.rl.agent import RecurrentActorCritic
 from brims_experiments.rl.config import EnvConfig, load_rl_config
 from brims_experiments.rl.envs import EnvError, check_spaces, env_spaces, make_env
 from brims_experiments.rl.ppo import gae
 from brims_experiments.rl.run import train
 from brims_experiments.tasks.cores import CORE_KINDS
-from brims_experiments.runs import read_checkpoint
 from brims_experiments.train.commands import resolve_config
-from brims_experiments.runs import ConfigError
 
 PRESETS = ("rl-cartpole-cpu", "rl-minigrid-memory-cpu", "rl-pong-cpu")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

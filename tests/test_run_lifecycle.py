@@ -22,7 +22,7 @@ from cli_support import brims
 from lightning.pytorch.callbacks import Checkpoint
 from test_training_runs import write_config
 
-from brims_experiments.runs import read_checkpoint
+from brims_experiments.checkpoints import read_checkpoint
 from brims_experiments.train import run as train_run_module
 
 STEPS, VALIDATE_EVERY, CHECKPOINT_EVERY, STEPS_PER_EPOCH = 12, 3, 3, 8
@@ -238,7 +238,7 @@ def test_a_broken_run_config_is_one_message(uninterrupted, tmp_path, capsys, tex
 
 def test_a_garbage_best_checkpoint_is_one_message(uninterrupted, tmp_path, capsys):
     from brims_experiments import load_run
-    from brims_experiments.runs import CheckpointError
+    from brims_experiments.checkpoints import CheckpointError
 
     run = shutil.copytree(uninterrupted, tmp_path / "garbage")
     (run / "checkpoints" / "best.ckpt").write_bytes(b"task: adding\n" * 40)

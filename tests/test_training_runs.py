@@ -22,8 +22,8 @@ import torch
 import yaml
 from cli_support import brims, kill_training
 
+from brims_experiments.checkpoints import CheckpointError, read_checkpoint
 from brims_experiments.data.images import ImageSplit, save_image_dataset
-from brims_experiments.runs import CheckpointError, read_checkpoint
 from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import ResumableBatchSampler
 from brims_experiments.train.run import load_trained

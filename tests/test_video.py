@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
+from brims_experiments.checkpoints import read_checkpoint
 from brims_experiments.cli import main
+from brims_experiments.config_files import ConfigError
 from brims_experiments.data.bouncing_balls import BallsConfig, draw_balls, render, sample_start, simulate
 from brims_experiments.data.images import ImageSplit, save_image_dataset
 from brims_experiments.data.moving_mnist import MovingDigitsConfig, draw_moving_digits
 from brims_experiments.tasks.cores import CORE_KINDS, CoreConfig
 from brims_experiments.tasks.video import VideoPredictor, hide
-from brims_experiments.runs import read_checkpoint
-from brims_experiments.runs import ConfigError
 from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import BatchedExamples, IndexedExamples
 from brims_experiments.train.tasks import make_task

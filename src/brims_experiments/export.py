@@ -30,7 +30,8 @@ def export_run(run_path: str | Path, out_dir: str | Path) -> Path:
     ``lstm`` run or an ``out_dir`` that cannot be written.
     """
     from brims import BRIMs
-    from brims_experiments.runs import CheckpointError, ConfigError
+    from brims_experiments.checkpoints import CheckpointError
+    from brims_experiments.config_files import ConfigError
     from brims_experiments.trained import load_run
 
     run_path, out_dir = Path(run_path), Path(out_dir)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from brims_experiments.runs import ConfigError
+from brims_experiments.config_files import ConfigError
 
 LOCK_FILE = ".lock"
 

@@ -32,7 +32,7 @@ DEFAULT = "seqimage"
 def experiment(name: Any) -> type[Experiment]:
     """The experiment registered as ``name``; a ``ConfigError`` listing the names for another."""
     if not isinstance(name, str) or name not in EXPERIMENTS:
-        from brims_experiments.runs import ConfigError
+        from brims_experiments.config_files import ConfigError
 
         raise ConfigError(f"task must be one of {sorted(EXPERIMENTS)}, got {name!r}")
     return importlib.import_module(EXPERIMENTS[name]).EXPERIMENT
@@ -44,7 +44,8 @@ def task_of(path: str | Path) -> str | None:
     (or the file cannot be read: the experiment's loader then says why)."""
     import yaml
 
-    from brims_experiments.runs import CONFIG_FILE, load_yaml
+    from brims_experiments.config_files import load_yaml
+    from brims_experiments.run_folder import CONFIG_FILE
 
     path = Path(path)
     if path.suffix == ".ckpt":

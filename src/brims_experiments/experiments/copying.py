@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from brims_experiments.config_files import positive_int
 from brims_experiments.experiments.generated import GeneratedDataConfig, GeneratedTask, condition_lines
-from brims_experiments.runs import positive_int
 from brims_experiments.tasks.copying import CopyingTaskConfig, copy_scores, make_copying_batch
 from brims_experiments.tasks.sequence_model import SequenceModel
 from brims_experiments.train.config import int_at_least, is_int, list_field

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from brims_experiments.runs import positive_int
+from brims_experiments.config_files import positive_int
 from brims_experiments.train.datamodule import GeneratedDataModule
 from brims_experiments.train.tasks import Batch, Task
 

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from brims_experiments.config_files import positive_int, require
 from brims_experiments.experiments.generated import TEST_SEED
-from brims_experiments.runs import positive_int, require
 from brims_experiments.tasks.language import LanguageModel, detach_state, move_state, state_from_plain, state_to_plain
 from brims_experiments.train.config import ExperimentConfig, is_number, list_field
 from brims_experiments.train.datamodule import TextDataModule, TextWindows

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from brims_experiments.config_files import ConfigError, int_at_least, positive_int, require
 from brims_experiments.data.images import IMAGE_DATASETS, ImageSplit, load_image_split
-from brims_experiments.runs import ConfigError, int_at_least, positive_int, require
 from brims_experiments.tasks.seqimage import Noise, SequenceClassifier, make_sequences
 from brims_experiments.train.config import ExperimentConfig, is_int, list_field
 from brims_experiments.train.datamodule import SeqImageDataModule

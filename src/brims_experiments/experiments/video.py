@@ -21,11 +21,12 @@ from PIL import Image, ImageDraw
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from brims_experiments.config_files import ConfigError, int_at_least, positive_int, require
 from brims_experiments.data.bouncing_balls import BallsConfig
 from brims_experiments.data.moving_mnist import MovingDigitsConfig
 from brims_experiments.data.store import atomic_write
 from brims_experiments.experiments.generated import TEST_SEED, GeneratedDataConfig
-from brims_experiments.runs import ConfigError, int_at_least, positive_int, require, save_figure
+from brims_experiments.figures import save_figure
 from brims_experiments.tasks.video import VideoPredictor, bce_per_frame, check_frame_size
 from brims_experiments.train.config import ExperimentConfig, is_int, is_number, list_field
 from brims_experiments.train.datamodule import DrawEach, GeneratedDataModule

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brims_experiments.figures import save_figure
 from brims_experiments.reproduce.suites import Claim, Experiment, Suite
-from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, save_figure
+from brims_experiments.run_folder import CONFIG_FILE, METRICS_FILE
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (the standard table).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

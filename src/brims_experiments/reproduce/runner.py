@@ -27,8 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from brims_experiments.config_files import ConfigError
+from brims_experiments.data.store import atomic_write_text
 from brims_experiments.reproduce.suites import Experiment, Suite
-from brims_experiments.runs import CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE, ConfigError, atomic_write_text
+from brims_experiments.run_folder import CONFIG_FILE, METRICS_FILE, TRAIN_TIME_FILE
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from brims_experiments.runs import MODEL_NAMES, ConfigError, require
+from brims_experiments.config_files import ConfigError, require
+from brims_experiments.figures import MODEL_NAMES
 from brims_experiments.suites import suite_names, suite_text
 
 

@@ -16,7 +16,7 @@ def run_train(args: argparse.Namespace, config_path: Path | None) -> int:
     """``config_path`` None: ``args.config`` is a run folder to resume (checked by the caller)."""
     from brims_experiments.rl.config import load_rl_config
     from brims_experiments.rl.run import train
-    from brims_experiments.runs import CONFIG_FILE, run_dir_for, say_if_compiling
+    from brims_experiments.run_folder import CONFIG_FILE, run_dir_for, say_if_compiling
 
     if config_path is None:
         run_dir, config = Path(args.config), None
@@ -44,10 +44,11 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def run_compare(runs: list[dict[str, Any]], folders: list[str], plot: Path) -> None:
     """Print the table of finished RL runs and plot their learning curves together."""
+    from brims_experiments.figures import MODEL_NAMES
     from brims_experiments.rl.config import load_rl_config
     from brims_experiments.rl.envs import reference_returns
     from brims_experiments.rl.run import env_title, plot_curves, read_curve
-    from brims_experiments.runs import CONFIG_FILE, MODEL_NAMES
+    from brims_experiments.run_folder import CONFIG_FILE
 
     print(format_table(runs, [Path(f).name for f in folders]))
     curves = [(f"{MODEL_NAMES.get(run['model'], run['model'])} ({Path(folder).name})", read_curve(Path(folder)))

@@ -18,19 +18,19 @@ from typing import Any
 
 import yaml
 
-from brims_experiments.experiments import task_of  # noqa: F401 -- where it used to be
-from brims_experiments.runs import (
+from brims_experiments.config_files import (
     build_config,
-    check_logger,
     config_layers,
     int_at_least,
     merge,
-    parse_device,
     plain,
     positive_int,
     register_sections,
     require,
 )
+from brims_experiments.devices import parse_device
+from brims_experiments.experiments import task_of  # noqa: F401 -- where it used to be
+from brims_experiments.run_folder import check_logger
 from brims_experiments.tasks.cores import CoreConfig
 
 TASK = "rl"

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
+from brims_experiments.config_files import ConfigError
 from brims_experiments.rl.config import EnvConfig
-from brims_experiments.runs import ConfigError
 
 log = logging.getLogger(__name__)
 MINIGRID_SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)  # highest object, colour and state index

@@ -29,32 +29,33 @@ from typing import Any
 import numpy as np
 import torch
 
+from brims_experiments.checkpoints import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    AtomicCheckpointIO,
+    CheckpointError,
+    read_checkpoint,
+)
+from brims_experiments.config_files import ConfigError
 from brims_experiments.data.store import atomic_write_text
+from brims_experiments.devices import check_device
+from brims_experiments.figures import MODEL_NAMES, save_figure
 from brims_experiments.rl.agent import RecurrentActorCritic
 from brims_experiments.rl.config import RLConfig, load_rl_config
 from brims_experiments.rl.envs import EnvSpaces, env_spaces, make_vector_env, reference_returns
 from brims_experiments.rl.ppo import Collector, ppo_update
-from brims_experiments.run_lock import RunFolderLock
-from brims_experiments.runs import (
+from brims_experiments.run_folder import (
     CONFIG_FILE,
-    FORMAT_KEY,
-    FORMAT_VERSION,
     METRICS_FILE,
-    MODEL_NAMES,
     TRAIN_TIME_FILE,
-    AtomicCheckpointIO,
-    CheckpointError,
-    ConfigError,
     TrainingSession,
     check_checkpoint_config,
-    check_device,
     prepare_run_dir,
-    read_checkpoint,
     read_json,
     results_folder,
-    save_figure,
     tensorboard_logger,
 )
+from brims_experiments.run_lock import RunFolderLock
 
 log = logging.getLogger(__name__)
 CURVE_FILE = "metrics.csv"
@@ -281,7 +282,7 @@ def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RL
 def test(path: str | Path, device: str | None = None, episodes: int | None = None,
          progress: bool = True, out: str | Path | None = None, lock: bool = True) -> dict[str, Any]:
     """Play the saved policy for ``episodes`` (default ``train.eval_episodes``); write ``metrics.json``
-    to ``out`` or the run folder (:func:`brims_experiments.runs.results_folder`), holding that folder's
+    to ``out`` or the run folder (:func:`brims_experiments.run_folder.results_folder`), holding that folder's
     lock (``lock=False``: the caller holds it)."""
     path = Path(path)
     if not path.exists():

@@ -4,7 +4,11 @@
 - ``brims-no-top-down``: the same stack with ``top_down=False`` (stacked RIMs, the ablation);
 - ``rims``: :class:`brims.RIMs`, one layer without top-down (the RIMs paper: 600 units, 6
   modules, 4 active); its ``brims`` options must describe one layer;
-- ``lstm``: ``torch.nn.LSTM`` with the ``brims`` options' layers and (equal) hidden sizes.
+- ``lstm``: ``torch.nn.LSTM`` with the ``brims`` options' layers and (equal) hidden sizes;
+- ``memoryless``: the same layers and sizes as the LSTM, but feed-forward (``tanh`` layers applied
+  to each step alone): the baseline that shows whether a task needs memory at all (the RL memory
+  tasks' "memoryless agent"). It carries an LSTM-shaped state of zeros that it never reads, so
+  that every caller treats it as it treats the LSTM.
 
 Every core maps ``(T, B, F)`` to ``(T, B, H)`` and can carry a state across calls. The state's
 type depends on the kind (a :class:`brims.BRIMsState` for the modular kinds, ``nn.LSTM``'s
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import os
 import re
 from collections.abc import Callable
@@ -31,8 +36,9 @@ from brims.cell import BRIMsState
 from brims.config import BRIMsConfig
 from brims.model import BRIMs
 
-CORE_KINDS = ("brims", "rims", "brims-no-top-down", "lstm")
+CORE_KINDS = ("brims", "rims", "brims-no-top-down", "lstm", "memoryless")
 MODULAR_KINDS = ("brims", "rims", "brims-no-top-down")
+LAYERED_KINDS = ("lstm", "memoryless")  # equal hidden sizes, one layer each; nn.LSTM's (h, c) state
 BRIMS_FIELDS = tuple(f.name for f in dataclasses.fields(BRIMsConfig))
 SET_BY_THE_TASK = ("input_size", "batch_first")  # the task's input width; the harness runs time-first
 
@@ -47,12 +53,13 @@ class CoreConfig:
     """Which core, whether to compile it, and the options of :class:`brims.BRIMsConfig`.
 
     Attributes:
-        kind: one of ``brims``, ``rims``, ``brims-no-top-down``, ``lstm``.
+        kind: one of ``brims``, ``rims``, ``brims-no-top-down``, ``lstm``, ``memoryless``.
         compile: run the modular cores' time loop through ``torch.compile`` (``BRIMs.compile_step``).
         brims: fields of :class:`brims.BRIMsConfig` (its defaults for the rest), except
             ``input_size`` and ``batch_first``, which the task sets. ``top_down`` follows the
             kind. The ``lstm`` core reads only ``hidden_sizes`` (one LSTM layer each, equal
-            sizes) and ignores the attention options, so that one preset serves every kind.
+            sizes) and ignores the attention options, so that one preset serves every kind; so
+            does ``memoryless``.
     """
 
     kind: str = "brims"
@@ -66,7 +73,7 @@ class CoreConfig:
             raise ValueError(f"model.core.compile must be true or false, got {self.compile!r}")
         if not isinstance(self.brims, dict):
             raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")
-        if self.compile and self.brims.get("backend") == "triton" and self.kind != "lstm":
+        if self.compile and self.brims.get("backend") == "triton" and self.kind in MODULAR_KINDS:
             raise ValueError(
                 "compile=true compiles the torch backend, but model.core.brims.backend=triton "
                 "is fused already: set model.core.compile=false"
@@ -79,14 +86,15 @@ class CoreConfig:
                 raise ValueError(f"unknown field model.core.brims.{name}; the BRIMsConfig fields are {known}")
         if "top_down" in self.brims and self.kind != "brims":
             raise ValueError(f"model.core.brims.top_down is set by the kind: {self.kind} has no top-down")
-        if self.kind == "lstm" and self.brims.get("cell", "lstm") != "lstm":
-            raise ValueError(f"model.core.brims.cell={self.brims['cell']!r} has no meaning for the lstm core")
+        if self.kind in LAYERED_KINDS and self.brims.get("cell", "lstm") != "lstm":
+            raise ValueError(f"model.core.brims.cell={self.brims['cell']!r} has no meaning for the {self.kind} core")
         # Tuples, so that a config read from YAML equals one built in code.
         object.__setattr__(self, "brims", {k: tuple(v) if isinstance(v, list) else v for k, v in self.brims.items()})
         # Validate now (naming the field), not when the model is built mid-run.
-        if self.kind == "lstm":
+        if self.kind in LAYERED_KINDS:
             if len(set(self.hidden_sizes)) != 1:
-                raise ValueError(f"the lstm core needs equal model.core.brims.hidden_sizes, got {list(self.hidden_sizes)}")
+                raise ValueError(f"the {self.kind} core needs equal model.core.brims.hidden_sizes, got "
+                                 f"{list(self.hidden_sizes)}")
             return
         config = self.brims_config(input_size=1)
         if self.kind == "rims" and config.num_layers != 1:
@@ -98,9 +106,9 @@ class CoreConfig:
 
     def check_device(self, device_type: str, setting: str) -> None:
         """Refuse, before a run starts, a backend that ``device_type`` cannot run (``setting`` names the fix)."""
-        from brims_experiments.runs import ConfigError  # the training stack, not needed to import this module
+        from brims_experiments.config_files import ConfigError
 
-        if self.kind == "lstm" or self.option("backend") != "triton":
+        if self.kind in LAYERED_KINDS or self.option("backend") != "triton":
             return
         if importlib.util.find_spec("triton") is None:
             raise ConfigError("model.core.brims.backend=triton needs the triton package: pip install 'brims[triton]'")
@@ -137,6 +145,11 @@ class CoreConfig:
             raise ValueError(f"model.core.brims.hidden_sizes: {error}") from None
 
     @property
+    def is_modular_kind(self) -> bool:
+        """Whether the kind is a BRIMs network (brims, rims, brims-no-top-down)."""
+        return self.kind in MODULAR_KINDS
+
+    @property
     def hidden_size(self) -> int:
         """Features of the core's output at each step (the top layer's hidden size)."""
         return self.hidden_sizes[-1]
@@ -157,6 +170,29 @@ class CoreConfig:
         return {"kind": self.kind, "compile": self.compile, "brims": brims}
 
 
+class FeedForward(nn.Module):
+    """The memoryless core: ``y_t = tanh(W_L ... tanh(W_1 x_t + b_1) ... + b_L)``, each step alone.
+
+    ``forward(x (T, B, F), state)`` has ``nn.LSTM``'s signature; the state (``(h, c)``, each
+    ``(L, B, H)``) is returned as given, or zeros, and never read: the output at step ``t`` is a
+    function of ``x_t`` only.
+    """
+
+    def __init__(self, input_size: int, hidden_sizes: tuple[int, ...]) -> None:
+        super().__init__()
+        widths = [input_size, *hidden_sizes]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
+        self.num_layers, self.hidden_size = len(hidden_sizes), hidden_sizes[-1]
+
+    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        for layer in self.layers:
+            x = torch.tanh(layer(x))  # (T, B, H)
+        if state is None:
+            h = x.new_zeros(self.num_layers, x.shape[1], self.hidden_size)  # (L, B, H)
+            state = (h, torch.zeros_like(h))
+        return x, state
+
+
 class RecurrentCore(nn.Module):
     """``(T, B, F) -> (T, B, H)`` with any of the four kinds; diagnostics for modular kinds."""
 
@@ -167,6 +203,8 @@ class RecurrentCore(nn.Module):
         if config.kind == "lstm":
             sizes = config.hidden_sizes
             self.network = nn.LSTM(input_size, sizes[0], num_layers=len(sizes))
+        elif config.kind == "memoryless":
+            self.network = FeedForward(input_size, config.hidden_sizes)
         else:
             # RIMs is the one-layer, no-top-down BRIMs: the same class computes it.
             self.network = BRIMs(config.brims_config(input_size))
@@ -175,13 +213,14 @@ class RecurrentCore(nn.Module):
 
     @property
     def is_modular(self) -> bool:
-        return self.config.kind != "lstm"
+        return self.config.kind in MODULAR_KINDS
 
     def forward(self, x: Tensor, state: Any = None, *, return_diagnostics: bool = False):
         """``x (T, B, F)`` → ``(output (T, B, H), state, diagnostics or None)``."""
         if not self.is_modular:
             if return_diagnostics:
-                raise ValueError("diagnostics need a modular core (brims, rims, brims-no-top-down), not lstm")
+                raise ValueError(f"diagnostics need a modular core (brims, rims, brims-no-top-down), not "
+                                 f"{self.config.kind}")
             output, state = self.network(x, state)  # (T, B, H)
             return output, state, None
         if return_diagnostics:
@@ -197,7 +236,7 @@ class RecurrentCore(nn.Module):
         state ``forward`` starts from when given none."""
         if self.is_modular:
             return self.network.init_state(batch_size, device, dtype)
-        reference = self.network.weight_hh_l0
+        reference = next(self.network.parameters())
         h = torch.zeros(self.network.num_layers, batch_size, self.network.hidden_size,
                         device=reference.device if device is None else device,
                         dtype=reference.dtype if dtype is None else dtype)  # (L, B, H)

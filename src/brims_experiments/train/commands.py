@@ -37,7 +37,7 @@ def resolve_config(name: str) -> Path:
     preset = resources.files(PRESETS_PACKAGE) / f"{name}.yaml"
     if preset.is_file():
         return Path(str(preset))
-    from brims_experiments.runs import ConfigError
+    from brims_experiments.config_files import ConfigError
 
     close = difflib.get_close_matches(name, preset_names(), n=3, cutoff=0.6)
     guess = f"did you mean {' or '.join(close)}? " if close else ""
@@ -75,7 +75,7 @@ def run_presets(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def run_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.runs import CONFIG_FILE
+    from brims_experiments.run_folder import CONFIG_FILE
 
     source = Path(args.config)
     path = source / CONFIG_FILE if source.is_dir() else resolve_config(args.config)
@@ -168,8 +168,8 @@ def run_fetch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from brims_experiments.run_folder import CONFIG_FILE
     from brims_experiments.run_lock import RunFolderLock
-    from brims_experiments.runs import CONFIG_FILE
 
     source = Path(args.config)
     if source.is_dir():
@@ -188,7 +188,7 @@ def run_train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _train_or_resume(args: argparse.Namespace, source: Path, path: Path | None) -> int:
     import torch
 
-    from brims_experiments.runs import amend_run_config
+    from brims_experiments.run_folder import amend_run_config
 
     if path is None and args.set:  # a resume may change what does not change the run, and extend it
         for line in amend_run_config(source, args.set, load_any_config):
@@ -202,7 +202,7 @@ def run_test(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from brims_experiments.runs import METRICS_FILE, read_json
+    from brims_experiments.run_folder import METRICS_FILE, read_json
 
     runs = []
     for folder in args.runs:

@@ -22,11 +22,9 @@ from typing import Any
 
 import yaml
 
-from brims_experiments.experiments import DEFAULT, experiment
-from brims_experiments.runs import (
+from brims_experiments.config_files import (
     ConfigError,
     build_config,
-    check_logger,
     config_layers,
     int_at_least,
     merge,
@@ -35,6 +33,8 @@ from brims_experiments.runs import (
     register_sections,
     require,
 )
+from brims_experiments.experiments import DEFAULT, experiment
+from brims_experiments.run_folder import check_logger
 from brims_experiments.tasks.cores import CoreConfig
 
 

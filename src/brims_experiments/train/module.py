@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from brims_experiments.runs import FORMAT_KEY, FORMAT_VERSION
+from brims_experiments.checkpoints import FORMAT_KEY, FORMAT_VERSION
 from brims_experiments.train.config import ExperimentConfig
 from brims_experiments.train.tasks import Task, make_task
 

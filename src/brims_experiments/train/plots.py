@@ -18,7 +18,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import torch
 
-from brims_experiments.runs import save_figure, title_of
+from brims_experiments.figures import save_figure, title_of
 
 matplotlib.use("Agg")  # files only (pyplot picks its backend at the first figure, not at import)
 

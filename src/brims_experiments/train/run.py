@@ -29,26 +29,23 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from brims_experiments.checkpoints import FORMAT_KEY, AtomicCheckpointIO, CheckpointError, read_checkpoint
+from brims_experiments.config_files import ConfigError
 from brims_experiments.data.store import atomic_write_text
-from brims_experiments.run_lock import RunFolderLock
-from brims_experiments.runs import (
+from brims_experiments.devices import check_device
+from brims_experiments.run_folder import (
     BUDGET_FIELDS,
-    FORMAT_KEY,
     METRICS_FILE,
     TRAIN_TIME_FILE,
-    AtomicCheckpointIO,
-    CheckpointError,
-    ConfigError,
     TrainingSession,
     check_checkpoint_config,
-    check_device,
     differing_fields,
     prepare_run_dir,
-    read_checkpoint,
     read_json,
     results_folder,
     tensorboard_logger,
 )
+from brims_experiments.run_lock import RunFolderLock
 from brims_experiments.train.config import ExperimentConfig, load_config
 from brims_experiments.train.datamodule import TrackTrainedBatches
 from brims_experiments.train.module import ExperimentModule
@@ -348,7 +345,7 @@ def load_trained_task(path: str | Path, device: torch.device | str = "cpu",
 def test(path: str | Path, device: str | None = None, progress: bool = True,
          out: str | Path | None = None, lock: bool = True, task: Task | None = None) -> dict[str, Any]:
     """Evaluate a run's best checkpoint (or a given ``.ckpt``) on every test setting; write metrics and
-    plots to ``out``, or to the run folder (:func:`brims_experiments.runs.results_folder`), holding
+    plots to ``out``, or to the run folder (:func:`brims_experiments.run_folder.results_folder`), holding
     that folder's lock (``lock=False``: the caller holds it). ``task``: the task of the run just trained."""
     path = Path(path)
     if not path.exists():

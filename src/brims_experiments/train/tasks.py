@@ -136,7 +136,7 @@ class Task(Experiment):
 
     @classmethod
     def train_command(cls, args: argparse.Namespace, config_path: Path | None) -> int:
-        from brims_experiments.runs import run_dir_for, say_if_compiling
+        from brims_experiments.run_folder import run_dir_for, say_if_compiling
         from brims_experiments.train.config import load_config
         from brims_experiments.train.run import train
 
@@ -165,7 +165,7 @@ class Task(Experiment):
 
     @classmethod
     def compare(cls, runs: list[dict[str, Any]], folders: list[str], plot: Path) -> None:
-        from brims_experiments.runs import title_of
+        from brims_experiments.figures import title_of
         from brims_experiments.train.plots import plot_test_summary
 
         print(cls.format_table(runs, [Path(f).name for f in folders]))
