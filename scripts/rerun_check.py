@@ -4,7 +4,7 @@
 
 Each named run of the suite is trained again from scratch (its ``brims train`` command, in a
 scratch folder under ``runs/rerun-check/``) and its ``metrics.json`` and ``logs/metrics.csv`` are
-compared with the committed ones value for value. Wall times (``test_seconds``, ``train``) and
+compared with the committed ones value for value (the log row by row). Wall times (``test_seconds``, ``train``) and
 the checkpoint's path differ between any two runs and are left out; everything else must be
 equal, bit for bit. Exit status 1 if anything differs.
 """
@@ -22,6 +22,7 @@ from pathlib import Path
 
 from brims_experiments.reproduce.runner import PlannedRun, plan
 from brims_experiments.reproduce.suites import load_suite
+from brims_experiments.run_folder import LOG_FILE, read_log_rows
 
 NOT_COMPARED = ("test_seconds", "train", "checkpoint", "written_to")
 
@@ -51,9 +52,11 @@ def rerun(run: PlannedRun, scratch: Path) -> tuple[str, list[str]]:
         return run.name, [f"`{shlex.join(command)}` failed with status {status}; see {log}"]
     found = differences(json.loads((folder / "metrics.json").read_text()),
                         json.loads((run.result_dir / "metrics.json").read_text()))
-    ours, theirs = ((f / "logs" / "metrics.csv").read_text() for f in (folder, run.result_dir))
+    # Read as rows (steps counted from 1; a log of brims 0.2 counts Lightning's step from 0).
+    ours, theirs = (read_log_rows(f / LOG_FILE) for f in (folder, run.result_dir))
     if ours != theirs:
-        found.append("logs/metrics.csv differs")
+        found.append(f"logs/metrics.csv differs ({sum(a != b for a, b in zip(ours, theirs))} of {len(theirs)} rows, "
+                     f"{len(ours)} rows against {len(theirs)})")
     return run.name, found
 
 

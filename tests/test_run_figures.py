@@ -52,8 +52,9 @@ def test_the_learning_curves_of_a_task_whose_metric_is_its_loss_are_two_differen
     training, validation = figure.axes
     assert ydata(training) == pytest.approx([decaying(s) for s in TRAIN_STEPS])
     assert ydata(validation) == pytest.approx([1.1 * decaying(s) for s in VAL_STEPS])
-    assert list(training.get_lines()[0].get_xdata()) == list(TRAIN_STEPS)
-    assert list(validation.get_lines()[0].get_xdata()) == list(VAL_STEPS)
+    # Lightning logs step s (from 0) after s + 1 steps: the figures count steps trained, from 1.
+    assert list(training.get_lines()[0].get_xdata()) == [s + 1 for s in TRAIN_STEPS]
+    assert list(validation.get_lines()[0].get_xdata()) == [s + 1 for s in VAL_STEPS]
     assert "training" in training.get_ylabel() and "validation mean squared error" in validation.get_ylabel()
     assert (training.get_yscale(), validation.get_yscale()) == ("log", "log")
     assert all("log scale" in axis.get_ylabel() for axis in (training, validation))

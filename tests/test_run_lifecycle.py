@@ -272,3 +272,15 @@ def test_a_run_dir_that_cannot_be_created_is_one_message(tmp_path, capsys):
     config = write_config(tmp_path / "run.yaml", lifecycle_config())
     assert brims("train", str(config), "--run-dir", "/sys/brims-cannot-be-here", "--no-progress") == 2
     assert "cannot create run folder /sys/brims-cannot-be-here" in one_message(capsys)
+
+
+def test_the_log_counts_steps_trained_from_one(uninterrupted, tmp_path):
+    from brims_experiments.run_folder import read_log_rows
+
+    rows = read_log_rows(uninterrupted / "logs" / "metrics.csv")
+    header = (uninterrupted / "logs" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "steps" in header and "step" not in header
+    assert [row["steps"] for row in rows if "val/loss" in row] == list(range(VALIDATE_EVERY, STEPS + 1, VALIDATE_EVERY))
+    legacy = tmp_path / "metrics.csv"  # as brims 0.2 wrote it: Lightning's step, counted from 0
+    legacy.write_text("epoch,step,val/loss\n0.0,2,0.5\n0.0,5,0.25\n")
+    assert read_log_rows(legacy) == [{"epoch": 0.0, "steps": 3, "val/loss": 0.5}, {"epoch": 0.0, "steps": 6, "val/loss": 0.25}]

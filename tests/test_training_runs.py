@@ -7,7 +7,6 @@ and foreign checkpoints, the resumable batch sampler, and a real two-process DDP
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import pickle
@@ -24,6 +23,7 @@ from cli_support import brims, kill_training
 
 from brims_experiments.checkpoints import CheckpointError, read_checkpoint
 from brims_experiments.data.images import ImageSplit, save_image_dataset
+from brims_experiments.run_folder import STEPS_COLUMN, read_log_rows
 from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import ResumableBatchSampler
 from brims_experiments.train.run import load_trained
@@ -258,11 +258,10 @@ def test_resuming_refuses_another_run_dir(finished_run, tmp_path, capsys):
 
 def log_rows(run: Path) -> list[tuple[int, tuple[str, ...], tuple[float, ...]]]:
     """Each row of the run's CSV log: its step, the metrics it holds and their values."""
-    with open(run / "logs" / "metrics.csv", newline="") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            keys = tuple(sorted(key for key, value in row.items() if value and key != "step"))
-            rows.append((int(row["step"]), keys, tuple(float(row[key]) for key in keys)))
+    rows = []
+    for row in read_log_rows(run / "logs" / "metrics.csv"):
+        keys = tuple(sorted(key for key in row if key != STEPS_COLUMN))
+        rows.append((row[STEPS_COLUMN], keys, tuple(row[key] for key in keys)))
     return sorted(rows)
 
 

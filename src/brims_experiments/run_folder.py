@@ -217,3 +217,27 @@ class TrainingSession:
                          "threads": torch.get_num_threads()})
         total = round(sum(s["seconds"] for s in sessions), 1)
         atomic_write_text(self.path, json.dumps({"seconds": total, "sessions": sessions}, indent=2))
+
+
+# ---- the CSV log (logs/metrics.csv) -----------------------------------------------------------------
+
+LOG_FILE = Path("logs") / "metrics.csv"
+STEPS_COLUMN = "steps"  # steps trained when the row was logged: 1 after the first step, as everywhere else
+
+
+def read_log_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV log, each ``{"steps": int, "epoch"?: float, <metric>: float}`` with the
+    empty cells left out. A log written before brims 0.3 has a ``step`` column counted from 0
+    (Lightning's): it is read as ``steps = step + 1``."""
+    import csv
+
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row: dict[str, Any] = {key: float(value) for key, value in raw.items() if value not in (None, "")}
+            if STEPS_COLUMN in row:
+                row[STEPS_COLUMN] = int(row[STEPS_COLUMN])
+            else:
+                row[STEPS_COLUMN] = int(row.pop("step", -1)) + 1
+            rows.append(row)
+    return rows

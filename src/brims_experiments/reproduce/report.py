@@ -16,7 +16,6 @@ Learning curves show the mean over seeds and, as a band, their range.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
@@ -26,7 +25,7 @@ from typing import Any
 
 from brims_experiments.figures import save_figure
 from brims_experiments.reproduce.suites import Claim, Experiment, Suite
-from brims_experiments.run_folder import CONFIG_FILE, METRICS_FILE
+from brims_experiments.run_folder import CONFIG_FILE, LOG_FILE, METRICS_FILE, STEPS_COLUMN, read_log_rows
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (the standard table).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -347,15 +346,11 @@ def trained_steps(metrics: dict[str, Any]) -> int | str:
 
 
 def read_curve(folder: Path, column: str) -> dict[int, float]:
-    """Validation ``column`` of a run's ``logs/metrics.csv`` by step (rows where it is set)."""
-    curve = {}
-    path = folder / "logs" / "metrics.csv"
-    if path.is_file():
-        with path.open() as f:
-            for row in csv.DictReader(f):
-                if row.get(column):
-                    curve[int(float(row["step"])) + 1] = float(row[column])
-    return curve
+    """Validation ``column`` of a run's ``logs/metrics.csv`` by steps trained (rows where it is set)."""
+    path = folder / LOG_FILE
+    if not path.is_file():
+        return {}
+    return {row[STEPS_COLUMN]: row[column] for row in read_log_rows(path) if column in row}
 
 
 def plot_learning_curves(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:

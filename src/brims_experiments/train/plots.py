@@ -7,7 +7,6 @@ top-down slots over time (averaged over heads and modules).
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from brims_experiments.figures import save_figure, title_of
+from brims_experiments.run_folder import STEPS_COLUMN, read_log_rows
 
 matplotlib.use("Agg")  # files only (pyplot picks its backend at the first figure, not at import)
 
@@ -33,13 +33,10 @@ def read_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     series: dict[str, dict[int, float]] = {}
     if not path.is_file():
         return {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            step = int(row.get("step") or 0)
-            for key, value in row.items():
-                if key in ("step", "epoch") or value in (None, ""):
-                    continue
-                series.setdefault(key, {})[step] = float(value)
+    for row in read_log_rows(path):
+        for key, value in row.items():
+            if key not in (STEPS_COLUMN, "epoch"):
+                series.setdefault(key, {})[row[STEPS_COLUMN]] = value
     return {key: sorted(points.items()) for key, points in series.items()}
 
 

@@ -36,12 +36,14 @@ from brims_experiments.devices import check_device
 from brims_experiments.run_folder import (
     BUDGET_FIELDS,
     METRICS_FILE,
+    STEPS_COLUMN,
     TRAIN_TIME_FILE,
     TrainingSession,
     check_checkpoint_config,
     differing_fields,
     prepare_run_dir,
     read_json,
+    read_log_rows,
     results_folder,
     tensorboard_logger,
 )
@@ -91,14 +93,15 @@ class RunLog(Logger):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self._read_earlier_sessions()
         row = {key: float(value) for key, value in metrics.items()}
-        row["step"] = step if step is not None else len(self._rows)
-        self._rows[(row["step"], frozenset(metrics))] = row
+        # Lightning counts the step of a row from 0; the log counts steps trained, from 1.
+        row[STEPS_COLUMN] = step + 1 if step is not None else len(self._rows)
+        self._rows[(row[STEPS_COLUMN], frozenset(metrics))] = row
 
     @rank_zero_only
     def save(self) -> None:
         self._read_earlier_sessions()
-        keys = sorted(set().union(*self._rows.values())) if self._rows else ["step"]
-        rows = sorted(self._rows.values(), key=lambda row: row["step"])  # stable: the order logged within a step
+        keys = sorted(set().union(*self._rows.values())) if self._rows else [STEPS_COLUMN]
+        rows = sorted(self._rows.values(), key=lambda row: row[STEPS_COLUMN])  # stable: the order logged within a step
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
@@ -111,11 +114,8 @@ class RunLog(Logger):
         self._read = True
         if not self.path.is_file():
             return
-        with open(self.path, newline="") as handle:
-            for raw in csv.DictReader(handle):
-                row: dict[str, Any] = {key: float(value) for key, value in raw.items() if value not in (None, "")}
-                row["step"] = int(row.get("step", 0))
-                self._rows[(row["step"], frozenset(row) - {"step"})] = row
+        for row in read_log_rows(self.path):
+            self._rows[(row[STEPS_COLUMN], frozenset(row) - {STEPS_COLUMN})] = row
 
 
 def make_trainer(config: ExperimentConfig, run_dir: Path, progress: bool = True, from_step: int = 0,
