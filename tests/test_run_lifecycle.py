@@ -120,7 +120,7 @@ def test_a_kill_resumes_to_the_uninterrupted_selection(uninterrupted, tmp_path, 
     assert selection(folder) == selection(uninterrupted)
 
 
-@pytest.mark.slow
+@pytest.mark.exhaustive  # about 1.5 min: test_a_kill_resumes_to_the_uninterrupted_selection checks the critical instants
 @pytest.mark.parametrize(("step", "hook"), kill_points(slow=True))
 def test_a_kill_at_any_instant_resumes_to_the_uninterrupted_selection(uninterrupted, tmp_path,
                                                                       monkeypatch, step, hook):
