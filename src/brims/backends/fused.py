@@ -116,6 +116,22 @@ def _grid(batch: int) -> tuple[int]:
     return ((batch + BLOCK_B - 1) // BLOCK_B,)
 
 
+def launch_options(kernel_name: str, constants: dict[str, Any]) -> dict[str, int]:
+    """``num_warps`` and ``num_stages`` of a launch (benchmarks/triton_aot.py and tests/test_triton_aot.py
+    compile with the same, for sm_80 and sm_90, and check what they get).
+
+    One stage: the kernels' loops are over modules and heads, not software-pipelined matmul loops,
+    and Triton's default of 3 stages multiplied their shared memory past the per-block limit (up to
+    664 KB at the released sizes). Four warps: eight made LLVM abort on sm_90 before the kernels'
+    dots were chunked; they compile now, untimed (docs/speed.md)."""
+    return {"num_warps": 4, "num_stages": 1}
+
+
+def _launch(kernel: Any, batch: int, args: list[Any], constants: dict[str, Any]) -> None:
+    """``kernel`` over the batch's programs: every launch of this backend goes through here."""
+    kernel[_grid(batch)](*args, **constants, **launch_options(kernel.__name__, constants))
+
+
 class FusedLayerStep(torch.autograd.Function):
     """``(h, c, slots, keep masks, weights) -> (h', c', active, attention)`` for one layer step."""
 
@@ -138,12 +154,11 @@ class FusedLayerStep(torch.autograd.Function):
         qkv = new(n, batch, sizes.qkv) if sizes.HAS_COMM else null
         lse = new(n, batch, sizes.H2) if sizes.HAS_COMM else null
         read = new(n, batch, sizes.H2 * sizes.V2) if sizes.HAS_COMM else null
-        kernels.layer_step_forward[_grid(batch)](
+        _launch(kernels.layer_step_forward, batch, [
             *_step_inputs(h, c, slots, wq, wih, whh, bias, bias_hn, wqkv, wout, bout, keep_in, keep_comm),
             h_out, c_out if not sizes.IS_GRU else h, active, attention,
-            query, attended, gates, hidden_gates, h_proposed, null, qkv, lse, read,
-            batch, **sizes.constants(keep_in is not None, keep_comm is not None),
-        )
+            query, attended, gates, hidden_gates, h_proposed, null, qkv, lse, read, batch,
+        ], sizes.constants(keep_in is not None, keep_comm is not None))
         ctx.sizes = sizes
         ctx.save_for_backward(h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout,
                               active, query, attended, gates, hidden_gates, h_proposed, qkv, lse, read)
@@ -173,13 +188,12 @@ class FusedLayerStep(torch.autograd.Function):
         dattended = torch.empty_like(attended)
         dlogit = new(n, batch, sizes.H, sizes.S)
         kept = torch.empty_like(dlogit)
-        kernels.layer_step_backward[_grid(batch)](
+        _launch(kernels.layer_step_backward, batch, [
             *_step_inputs(h, c, slots, wq, wih, whh, bias, bias_hn, wqkv, wout, bout, keep_in, keep_comm),
             active, query, attended, gates, hidden_gates, qkv, lse, read,
             grad_h, grad_c, dh, dc, dslots, dquery, dgates, dhidden_gates, dqkv, dout,
-            dread, delta, dattended, dlogit, kept,
-            batch, **sizes.constants(keep_in is not None, keep_comm is not None),
-        )
+            dread, delta, dattended, dlogit, kept, batch,
+        ], sizes.constants(keep_in is not None, keep_comm is not None))
         # Weight gradients: one batched matmul each over the batch, module by module (N, in, out).
         h_modules = h.view(batch, n, m).transpose(0, 1)  # (N, B, M)
         d_wq = h_modules.transpose(1, 2) @ dquery

@@ -7,6 +7,13 @@ of a row reads every other) need no synchronisation across programs. Within a pr
 over modules meet in global scratch buffers, separated by ``tl.debug_barrier()``. The loops over
 modules and heads are ``tl.range`` loops, not unrolled, so that a kernel compiles in seconds.
 
+The dots whose inner dimension is a module's units or a head's attended values read their left
+operand from memory 16 columns at a time (``_matmul_rows``, ``_matmul_t_rows``; the operand is
+stored first, and a barrier lets every thread read what the others wrote): Triton lowers an fp32
+``ieee`` ``tl.dot`` to FMAs over whole operand tiles held in registers, and whole 128-wide tiles
+made ptxas spill up to 79 KB a thread at the released sizes (docs/speed.md). The kernels are
+launched with one stage (:func:`brims.backends.fused.launch_options`).
+
 Dimension legend: B = batch, N = modules, M = units per module, H / D / V = input-attention
 heads / key size / value size per head, S = non-null slots (1 or 2), H2 / D2 / V2 = the same for
 communication, G = gates per module (4M LSTM, 3M GRU). ``*_P`` is a size padded to a power of two
@@ -74,11 +81,39 @@ def _matmul(x, w_ptr, width: tl.constexpr, in_index, in_ok, out_start, out_index
 
 
 @triton.jit
+def _matmul_rows(x_ptr, rows, row_stride, row_ok, K: tl.constexpr, K_P: tl.constexpr, w_ptr, width: tl.constexpr,
+                 out_start, out_index, out_ok, PRECISION: tl.constexpr):
+    """``x[rows, :K] @ W[:K, out_start + out_index]`` for an ``x`` in memory, 16 of ``K`` at a time."""
+    chunk = tl.arange(0, 16)
+    acc = _matmul(_tile(x_ptr, rows, row_stride, chunk, row_ok, chunk < K), w_ptr, width, chunk, chunk < K,
+                  out_start, out_index, out_ok, PRECISION)
+    for start in tl.range(16, K_P, 16):
+        index = start + chunk
+        acc += _matmul(_tile(x_ptr, rows, row_stride, index, row_ok, index < K), w_ptr, width, index, index < K,
+                       out_start, out_index, out_ok, PRECISION)
+    return acc
+
+
+@triton.jit
 def _matmul_t(dy, w_ptr, width: tl.constexpr, in_index, in_ok, out_start, out_index, out_ok, PRECISION: tl.constexpr):
     """``dy @ W[in_index, out_start + out_index]^T``: the same block carrying a gradient back to its input."""
     w = tl.load(w_ptr + in_index[None, :] * width + out_start + out_index[:, None],
                 mask=in_ok[None, :] & out_ok[:, None], other=0.0)
     return tl.dot(dy, w, input_precision=PRECISION)
+
+
+@triton.jit
+def _matmul_t_rows(dy_ptr, rows, row_stride, row_ok, K: tl.constexpr, K_P: tl.constexpr, w_ptr, width: tl.constexpr,
+                   in_index, in_ok, out_start, PRECISION: tl.constexpr):
+    """``dy[rows, :K] @ W[in_index, out_start : out_start + K]^T`` for a ``dy`` in memory, 16 of ``K`` at a time."""
+    chunk = tl.arange(0, 16)
+    acc = _matmul_t(_tile(dy_ptr, rows, row_stride, chunk, row_ok, chunk < K), w_ptr, width, in_index, in_ok,
+                    out_start, chunk, chunk < K, PRECISION)
+    for start in tl.range(16, K_P, 16):
+        index = start + chunk
+        acc += _matmul_t(_tile(dy_ptr, rows, row_stride, index, row_ok, index < K), w_ptr, width, in_index, in_ok,
+                         out_start, index, index < K, PRECISION)
+    return acc
 
 
 @triton.jit
@@ -123,9 +158,12 @@ def _comm_logit(qkv_ptr, i, j, head, rows, row_ok, keys2, key2_ok, B, D2: tl.con
 
 @triton.jit
 def _comm_keep(keep_ptr, i, j, head, rows, row_ok, B, N: tl.constexpr, H2: tl.constexpr, DROP: tl.constexpr):
+    """The dropout keep mask ``keep[i, j, rows, head]``, or 1.0 without dropout: one return, since Triton's
+    front end refuses a function whose returns differ in type (a tensor here, a scalar there)."""
+    keep = 1.0
     if DROP:
-        return _rows(keep_ptr + ((i * N + j) * B) * H2 + head, rows, H2, row_ok)
-    return 1.0
+        keep = _rows(keep_ptr + ((i * N + j) * B) * H2 + head, rows, H2, row_ok)
+    return keep
 
 
 @triton.jit
@@ -170,7 +208,8 @@ def layer_step_forward(
         seen1 = tl.zeros((BLOCK_B,), dtype=h.dtype)
         wih = wih_ptr + k * A * G
         for head in tl.range(H):
-            query = _matmul(h, wq_ptr + k * M * H * D, H * D, units, unit_ok, head * D, keys, key_ok, PRECISION)
+            query = _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, wq_ptr + k * M * H * D, H * D, head * D, keys,
+                                 key_ok, PRECISION)
             _put(query_ptr + k * B * H * D + head * D, rows, H * D, keys, row_ok, key_ok, query)  # (BLOCK_B, D_P)
             p_null, p0, p1, _, _ = _slot_attention(query, slots_ptr, rows, row_ok, head, keys, key_ok, H, D, V, S)
             seen_null += p_null / H
@@ -182,12 +221,14 @@ def layer_step_forward(
                 value1 = _tile(slots_ptr + SLOT + H * D + head * V, rows, S * SLOT, vals, row_ok, val_ok)
                 attended += _kept(p1, keep_in_ptr, k, head, 1, rows, row_ok, B, H, S, DROP_IN)[:, None] * value1
             _put(attended_ptr + k * B * A + head * V, rows, A, vals, row_ok, val_ok, attended)  # (BLOCK_B, V_P)
-            arows = head * V + vals  # the rows of W_ih this head's values meet
-            gate0 += _matmul(attended, wih, G, arows, val_ok, 0 * M, units, unit_ok, PRECISION)
-            gate1 += _matmul(attended, wih, G, arows, val_ok, 1 * M, units, unit_ok, PRECISION)
-            gate2 += _matmul(attended, wih, G, arows, val_ok, 2 * M, units, unit_ok, PRECISION)
+            tl.debug_barrier()  # the dots read it back in column chunks, from other threads
+            seen = attended_ptr + k * B * A + head * V
+            wih_head = wih + head * V * G  # the rows of W_ih this head's values meet
+            gate0 += _matmul_rows(seen, rows, A, row_ok, V, V_P, wih_head, G, 0 * M, units, unit_ok, PRECISION)
+            gate1 += _matmul_rows(seen, rows, A, row_ok, V, V_P, wih_head, G, 1 * M, units, unit_ok, PRECISION)
+            gate2 += _matmul_rows(seen, rows, A, row_ok, V, V_P, wih_head, G, 2 * M, units, unit_ok, PRECISION)
             if not IS_GRU:
-                gate3 += _matmul(attended, wih, G, arows, val_ok, 3 * M, units, unit_ok, PRECISION)
+                gate3 += _matmul_rows(seen, rows, A, row_ok, V, V_P, wih_head, G, 3 * M, units, unit_ok, PRECISION)
         attention_row = attention_ptr + k * (1 + S)
         _put_rows(null_ptr + k * B, rows, 1, row_ok, seen_null)
         _put_rows(attention_row, rows, N * (1 + S), row_ok, seen_null)
@@ -203,9 +244,9 @@ def layer_step_forward(
         gate2 += _vector(bias + 2 * M, units, unit_ok)
         if IS_GRU:
             # Input gates x W_ih + b_ih and hidden gates h W_hh, saved apart: b_hn sits inside the reset product.
-            hidden0 = _matmul(h, whh, G, units, unit_ok, 0 * M, units, unit_ok, PRECISION)
-            hidden1 = _matmul(h, whh, G, units, unit_ok, 1 * M, units, unit_ok, PRECISION)
-            hidden2 = _matmul(h, whh, G, units, unit_ok, 2 * M, units, unit_ok, PRECISION)
+            hidden0 = _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 0 * M, units, unit_ok, PRECISION)
+            hidden1 = _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 1 * M, units, unit_ok, PRECISION)
+            hidden2 = _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 2 * M, units, unit_ok, PRECISION)
             hsaved = hgates_ptr + k * B * G
             _put(hsaved + 0 * M, rows, G, units, row_ok, unit_ok, hidden0)
             _put(hsaved + 1 * M, rows, G, units, row_ok, unit_ok, hidden1)
@@ -215,14 +256,19 @@ def layer_step_forward(
             candidate = _tanh(gate2 + reset * (hidden2 + _vector(bias_hn_ptr + k * M, units, unit_ok)))
             h_new = (1.0 - update) * candidate + update * h
         else:
-            gate0 += _matmul(h, whh, G, units, unit_ok, 0 * M, units, unit_ok, PRECISION)
-            gate1 += _matmul(h, whh, G, units, unit_ok, 1 * M, units, unit_ok, PRECISION)
-            gate2 += _matmul(h, whh, G, units, unit_ok, 2 * M, units, unit_ok, PRECISION)
-            gate3 += _matmul(h, whh, G, units, unit_ok, 3 * M, units, unit_ok, PRECISION) + _vector(
+            gate0 += _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 0 * M, units, unit_ok, PRECISION)
+            gate1 += _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 1 * M, units, unit_ok, PRECISION)
+            gate2 += _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 2 * M, units, unit_ok, PRECISION)
+            gate3 += _matmul_rows(h_ptr + k * M, rows, STATE, row_ok, M, M_P, whh, G, 3 * M, units, unit_ok, PRECISION) + _vector(
                 bias + 3 * M, units, unit_ok)
             _put(saved + 3 * M, rows, G, units, row_ok, unit_ok, gate3)
             c = _tile(c_ptr + k * M, rows, STATE, units, row_ok, unit_ok)
-            c_new = tl.sigmoid(gate1) * c + tl.sigmoid(gate0) * _tanh(gate3)
+            # tanh of the candidate gate as saved (each thread reads back what it wrote), loaded after the
+            # sigmoids: with whole-tile dots, tanh of the sum in registers (or this reload bound to a name
+            # before the sigmoids) aborted LLVM's SLP vectoriser on sm_90 for 50-unit modules (Triton 3.9,
+            # BoUpSLP::scheduleBlock); the chunked dots avoid it too, and tests/test_triton_aot.py watches.
+            c_new = tl.sigmoid(gate1) * c + tl.sigmoid(gate0) * _tanh(_tile(saved + 3 * M, rows, G, units, row_ok,
+                                                                              unit_ok))
             h_new = tl.sigmoid(gate2) * _tanh(c_new)
             _put(c_out_ptr + k * M, rows, STATE, units, row_ok, unit_ok, c_new)  # rewritten in pass 2
         _put(saved + 0 * M, rows, G, units, row_ok, unit_ok, gate0)
@@ -360,10 +406,13 @@ def layer_step_backward(
             d_g = d_update * tanh_u * sigma_g * (1.0 - sigma_g)
             _put(dout_ptr + i * B * 2 * M, rows, 2 * M, units, row_ok, unit_ok, d_u)
             _put(dout_ptr + i * B * 2 * M + M, rows, 2 * M, units, row_ok, unit_ok, d_g)
+            tl.debug_barrier()  # the dots below read them back in column chunks, from other threads
+            d_out = dout_ptr + i * B * 2 * M
             for head in tl.range(H2):
                 vrows = head * V2 + vals2
-                d_read = _matmul_t(d_u, wout, 2 * M, vrows, val2_ok, 0, units, unit_ok, PRECISION)
-                d_read += _matmul_t(d_g, wout, 2 * M, vrows, val2_ok, M, units, unit_ok, PRECISION)
+                d_read = _matmul_t_rows(d_out, rows, 2 * M, row_ok, M, M_P, wout, 2 * M, vrows, val2_ok, 0, PRECISION)
+                d_read += _matmul_t_rows(d_out + M, rows, 2 * M, row_ok, M, M_P, wout, 2 * M, vrows, val2_ok, M,
+                                         PRECISION)
                 read = _tile(read_ptr + i * B * H2 * V2 + head * V2, rows, H2 * V2, vals2, row_ok, val2_ok)
                 _put(dread_ptr + i * B * H2 * V2 + head * V2, rows, H2 * V2, vals2, row_ok, val2_ok, d_read)
                 # Σ_j p_ij dL/dp_ij = d_read . read: the softmax's backward needs only this per row.
@@ -448,10 +497,14 @@ def layer_step_backward(
             _put(dhsaved + 0 * M, rows, G, units, row_ok, unit_ok, d_reset)
             _put(dhsaved + 1 * M, rows, G, units, row_ok, unit_ok, d_update)
             _put(dhsaved + 2 * M, rows, G, units, row_ok, unit_ok, d_hidden2)
+            _put(dsaved + 0 * M, rows, G, units, row_ok, unit_ok, d_in0)
+            _put(dsaved + 1 * M, rows, G, units, row_ok, unit_ok, d_in1)
+            _put(dsaved + 2 * M, rows, G, units, row_ok, unit_ok, d_in2)
+            tl.debug_barrier()  # the dots below read them back in column chunks, from other threads
             whh = whh_ptr + k * M * G
-            dh += _matmul_t(d_reset, whh, G, units, unit_ok, 0 * M, units, unit_ok, PRECISION)
-            dh += _matmul_t(d_update, whh, G, units, unit_ok, 1 * M, units, unit_ok, PRECISION)
-            dh += _matmul_t(d_hidden2, whh, G, units, unit_ok, 2 * M, units, unit_ok, PRECISION)
+            dh += _matmul_t_rows(dhsaved + 0 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 0 * M, PRECISION)
+            dh += _matmul_t_rows(dhsaved + 1 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 1 * M, PRECISION)
+            dh += _matmul_t_rows(dhsaved + 2 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 2 * M, PRECISION)
         else:
             gate3 = _tile(saved + 3 * M, rows, G, units, row_ok, unit_ok)
             c = _tile(c_ptr + k * M, rows, STATE, units, row_ok, unit_ok)
@@ -464,25 +517,29 @@ def layer_step_backward(
             d_in2 = d_proposal * tanh_c * o_gate * (1.0 - o_gate)
             d_in3 = d_c * i_gate * (1.0 - g_gate * g_gate)
             _put(dc_ptr + k * M, rows, STATE, units, row_ok, unit_ok, d_c * f_gate + tl.where(active[:, None], 0.0, dc_new))
+            _put(dsaved + 0 * M, rows, G, units, row_ok, unit_ok, d_in0)
+            _put(dsaved + 1 * M, rows, G, units, row_ok, unit_ok, d_in1)
+            _put(dsaved + 2 * M, rows, G, units, row_ok, unit_ok, d_in2)
             _put(dsaved + 3 * M, rows, G, units, row_ok, unit_ok, d_in3)
+            tl.debug_barrier()  # the dots below read them back in column chunks, from other threads
             whh = whh_ptr + k * M * G
-            dh += _matmul_t(d_in0, whh, G, units, unit_ok, 0 * M, units, unit_ok, PRECISION)
-            dh += _matmul_t(d_in1, whh, G, units, unit_ok, 1 * M, units, unit_ok, PRECISION)
-            dh += _matmul_t(d_in2, whh, G, units, unit_ok, 2 * M, units, unit_ok, PRECISION)
-            dh += _matmul_t(d_in3, whh, G, units, unit_ok, 3 * M, units, unit_ok, PRECISION)
-        _put(dsaved + 0 * M, rows, G, units, row_ok, unit_ok, d_in0)
-        _put(dsaved + 1 * M, rows, G, units, row_ok, unit_ok, d_in1)
-        _put(dsaved + 2 * M, rows, G, units, row_ok, unit_ok, d_in2)
+            dh += _matmul_t_rows(dsaved + 0 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 0 * M, PRECISION)
+            dh += _matmul_t_rows(dsaved + 1 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 1 * M, PRECISION)
+            dh += _matmul_t_rows(dsaved + 2 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 2 * M, PRECISION)
+            dh += _matmul_t_rows(dsaved + 3 * M, rows, G, row_ok, M, M_P, whh, G, units, unit_ok, 3 * M, PRECISION)
 
         # Input attention: the attended input's gradient, per head, back through the slot softmax to the query.
         wih = wih_ptr + k * A * G
         for head in tl.range(H):
             arows = head * V + vals
-            d_attended = _matmul_t(d_in0, wih, G, arows, val_ok, 0 * M, units, unit_ok, PRECISION)
-            d_attended += _matmul_t(d_in1, wih, G, arows, val_ok, 1 * M, units, unit_ok, PRECISION)
-            d_attended += _matmul_t(d_in2, wih, G, arows, val_ok, 2 * M, units, unit_ok, PRECISION)
+            d_attended = _matmul_t_rows(dsaved, rows, G, row_ok, M, M_P, wih, G, arows, val_ok, 0 * M, PRECISION)
+            d_attended += _matmul_t_rows(dsaved + 1 * M, rows, G, row_ok, M, M_P, wih, G, arows, val_ok, 1 * M,
+                                         PRECISION)
+            d_attended += _matmul_t_rows(dsaved + 2 * M, rows, G, row_ok, M, M_P, wih, G, arows, val_ok, 2 * M,
+                                         PRECISION)
             if not IS_GRU:
-                d_attended += _matmul_t(d_in3, wih, G, arows, val_ok, 3 * M, units, unit_ok, PRECISION)
+                d_attended += _matmul_t_rows(dsaved + 3 * M, rows, G, row_ok, M, M_P, wih, G, arows, val_ok, 3 * M,
+                                             PRECISION)
             _put(dattended_ptr + k * B * A + head * V, rows, A, vals, row_ok, val_ok, d_attended)
             query = _tile(query_ptr + k * B * H * D + head * D, rows, H * D, keys, row_ok, key_ok)
             _, p0, p1, key0, key1 = _slot_attention(query, slots_ptr, rows, row_ok, head, keys, key_ok, H, D, V, S)
