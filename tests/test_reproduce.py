@@ -389,3 +389,15 @@ def test_the_summary_counts_every_declared_claim():
                                                   r"parity|not on par: model better|not on par: model worse|not run yet)",
                                                   line.split(";")[0]))
         assert counted == len(experiment.claims) == int(re.search(r"\((\d+) claims", line).group(1))
+
+
+def test_the_figures_interval_is_of_the_kind_the_verdict_uses():
+    from brims_experiments.reproduce.report import interval_of_kind
+
+    losses = [0.001, 0.01, 0.1]  # over two orders of magnitude: the arithmetic interval crosses zero
+    assert Estimate.of(losses).low < 0
+    centre, low, high = interval_of_kind(losses, lower_is_better=True)
+    assert centre == pytest.approx(0.01) and 0 < low < centre < high  # geometric: drawn whole on a log axis
+    accuracies = [0.5, 0.6, 0.7]
+    assert interval_of_kind(accuracies, lower_is_better=False) == pytest.approx(
+        (Estimate.of(accuracies).mean, Estimate.of(accuracies).low, Estimate.of(accuracies).high))

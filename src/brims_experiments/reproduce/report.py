@@ -381,31 +381,46 @@ def plot_learning_curves(experiment: Experiment, found: dict[str, list[RunResult
     return path
 
 
+def interval_of_kind(values: list[float], lower_is_better: bool) -> tuple[float, float, float]:
+    """(centre, low, high) over seeds, of the kind the verdicts use: where lower is better and every
+    value is positive, the geometric mean and its 95% interval (a Student-t interval of the logs,
+    taken back: always positive, so a log axis shows all of it); else the mean and its interval."""
+    if lower_is_better and all(v > 0 for v in values):
+        logs = Estimate.of([math.log(v) for v in values])
+        return math.exp(logs.mean), math.exp(logs.low), math.exp(logs.high)
+    plain = Estimate.of(values)
+    return plain.mean, plain.low, plain.high
+
+
 def plot_generalisation(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:
-    """Test metric against test length per model: every seed as a dot, the mean as a line, its 95%
-    interval as a bar (log scale for losses, bars clipped to positive values), and the trivial or
-    chance level when the task reports one."""
+    """Test metric against test length per model, the models side by side at each length: every seed
+    as a dot, the centre and 95% interval of the kind the verdicts use (:func:`interval_of_kind`:
+    geometric on a log axis where lower is better, arithmetic in the condition's scale, with the
+    experiment's chance level, where higher is better), and the trivial or chance level when the task
+    reports one."""
     if not experiment.generalisation:
         return None
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    log_scale = experiment.better == "lower"
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    lower = experiment.better == "lower"
+    scale = next((c.scale for c in experiment.conditions if c.path.endswith(f".{experiment.generalisation_metric}")),
+                 1.0)
+    models = [model for model, runs in found.items() if runs]
     drawn = None
-    for model, runs in found.items():
-        if not runs:
-            continue
+    for index, model in enumerate(models):
+        runs = found[model]
         lengths = sorted({int(length) for r in runs for length in r.metrics[experiment.generalisation]})
-        values = [[r.metrics[experiment.generalisation][str(n)][experiment.generalisation_metric] for r in runs]
+        values = [[scale * r.metrics[experiment.generalisation][str(n)][experiment.generalisation_metric] for r in runs]
                   for n in lengths]
-        points = [Estimate.of(v) for v in values]
-        means = [p.mean for p in points]
-        low = [max(p.low, 0.5 * min(v)) if log_scale else p.low for p, v in zip(points, values)]
-        line = axis.errorbar(lengths, means, yerr=[[m - lo for m, lo in zip(means, low)],
-                                                  [p.high - m for p, m in zip(points, means)]],
+        spread = 0.04 * (max(lengths) - min(lengths) or max(lengths))  # side by side, not on top of each other
+        x = [n + spread * (index - (len(models) - 1) / 2) for n in lengths]
+        centres = [interval_of_kind(v, lower) for v in values]
+        line = axis.errorbar(x, [c for c, _, _ in centres],
+                             yerr=[[c - lo for c, lo, _ in centres], [hi - c for c, _, hi in centres]],
                              marker="o", capsize=3, label=f"{model} (n={len(runs)})")
-        for n, v in zip(lengths, values):
-            axis.scatter([n] * len(v), v, s=12, alpha=0.5, color=line[0].get_color())
+        for position, v in zip(x, values):
+            axis.scatter([position] * len(v), v, s=12, alpha=0.5, color=line[0].get_color())
         drawn = runs[0].metrics
     if drawn is None:
         plt.close(figure)
@@ -413,11 +428,16 @@ def plot_generalisation(experiment: Experiment, found: dict[str, list[RunResult]
     for key, label in (("trivial_mse", "predict 1 (trivial)"), ("chance_copy_ce", "chance")):
         if key in drawn:
             axis.axhline(drawn[key], color="grey", linestyle=":", label=label)
-    if log_scale:
+    if experiment.chance is not None:
+        axis.axhline(experiment.chance, color="grey", linestyle=":", label=f"chance ({experiment.chance:g})")
+    if lower:
         axis.set_yscale("log")
+    axis.set_xticks(sorted({int(n) for runs in found.values() for r in runs for n in r.metrics[experiment.generalisation]}))
     axis.set_xlabel(f"test {experiment.generalisation}")
-    axis.set_ylabel(f"test {experiment.generalisation_metric}")
-    axis.set_title(f"{experiment.name}: generalisation (dots: seeds; bars: 95% intervals)")
+    unit = " (%)" if scale == 100 else ""
+    kind = "geometric mean" if lower else "mean"
+    axis.set_ylabel(f"test {experiment.generalisation_metric}{unit}" + (", log scale" if lower else ""))
+    axis.set_title(f"{experiment.name}: dots: seeds; bars: {kind} and its 95% interval", fontsize=9)
     axis.legend(fontsize=8)
     save_figure(figure, path)
     return path
