@@ -16,7 +16,7 @@ def run_train(args: argparse.Namespace, config_path: Path | None) -> int:
     """``config_path`` None: ``args.config`` is a run folder to resume (checked by the caller)."""
     from brims_experiments.rl.config import load_rl_config
     from brims_experiments.rl.run import train
-    from brims_experiments.run_folder import CONFIG_FILE, run_dir_for, say_if_compiling
+    from brims_experiments.run_folder import run_dir_for, say_if_compiling
 
     if config_path is None:
         run_dir, config = Path(args.config), None
@@ -24,8 +24,7 @@ def run_train(args: argparse.Namespace, config_path: Path | None) -> int:
         config = load_rl_config(config_path, args.set)
         run_dir = run_dir_for(args, config_path, config.model.core.kind)
     args.run_folder = run_dir  # for the message after Ctrl-C
-    say_if_compiling(config if config is not None else load_rl_config(run_dir / CONFIG_FILE))
-    metrics = train(run_dir, config, progress=not args.no_progress)
+    metrics = train(run_dir, config, progress=not args.no_progress, announce=say_if_compiling)
     print(format_table([metrics]))
     print(f"run folder: {run_dir}")
     return 0

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -112,8 +113,9 @@ def _load_weights(agent: RecurrentActorCritic, checkpoint: dict[str, Any], path:
 
 
 def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = True,
-          test_after: bool = True) -> dict[str, Any]:
-    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then evaluate it."""
+          test_after: bool = True, announce: Callable[[RLConfig], None] | None = None) -> dict[str, Any]:
+    """Train a new run in ``run_dir`` or resume the one there from ``last.ckpt``; then evaluate it.
+    ``announce(config)`` is called once every check has passed, before the run starts."""
     run_dir = Path(run_dir)
     if config is None:
         config = prepare_run_dir(run_dir, None, load_rl_config)  # resume with the folder's own config
@@ -122,6 +124,8 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces
     device = check_device(config.train.device, "train.device")
     config.model.core.check_device(device.type, "train.device=cuda")
+    if announce is not None:
+        announce(config)
     with RunFolderLock(run_dir):
         return _train_holding_lock(run_dir, config, spaces, device, progress, test_after)
 
