@@ -17,13 +17,15 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 
 from brims_experiments.config_files import ConfigError
-from brims_experiments.rl.config import EnvConfig
+
+if TYPE_CHECKING:  # for annotations only: rl.config asks this module whether an id is registered
+    from brims_experiments.rl.config import EnvConfig
 
 log = logging.getLogger(__name__)
 MINIGRID_SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)  # highest object, colour and state index
