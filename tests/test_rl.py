@@ -229,13 +229,13 @@ def test_a_finished_rl_run_can_be_extended(smoke_runs, tmp_path, capsys):
 
 def test_smoke_run_writes_the_run_folder(smoke_runs):
     run = smoke_runs["brims"]
-    for name in ("config.yaml", "checkpoints/last.ckpt", "metrics.csv", "metrics.json", "train_time.json"):
+    for name in ("config.yaml", "checkpoints/last.ckpt", "logs/metrics.csv", "metrics.json", "train_time.json"):
         assert (run / name).is_file(), name
     assert (run / "learning_curve.png").read_bytes().startswith(PNG_MAGIC)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["task"] == "rl" and metrics["env_steps"] == 256 and metrics["test_episodes"] == 3
-    rows = (run / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 and rows[0].startswith("update,env_steps,episodes,mean_return")
+    rows = (run / "logs" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("update,steps,episodes,mean_return")
 
 
 def test_load_run_gives_the_trained_agent(smoke_runs):
@@ -321,7 +321,7 @@ def test_resume_after_kill_continues_where_it_stopped(tmp_path):
     assert brims("train", str(run), "--no-progress") == 0
     checkpoint = read_checkpoint(last)
     assert checkpoint["update"] == 20 and checkpoint["env_steps"] == 64 * 20
-    steps = [int(line.split(",")[1]) for line in (run / "metrics.csv").read_text().splitlines()[1:]]
+    steps = [int(line.split(",")[1]) for line in (run / "logs" / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [64 * u for u in range(1, 21)]
     sessions = json.loads((run / "train_time.json").read_text())["sessions"]
     # The killed session keeps its time up to its last checkpoint, where the next one resumed

@@ -9,7 +9,7 @@ from typing import Any
 from brims_experiments.data.store import atomic_write
 
 MODEL_NAMES = {"brims": "BRIMs", "rims": "RIMs", "brims-no-top-down": "BRIMs without top-down", "lstm": "LSTM",
-               "memoryless": "memoryless"}
+               "memoryless": "memoryless", "brims-all-active": "BRIMs, every module active"}
 
 
 def title_of(metrics: dict[str, Any], with_model: bool = True) -> str:

@@ -4,7 +4,8 @@ Layout of ``runs/<name>/``::
 
     config.yaml              the resolved config (what ``brims train <run folder>`` resumes)
     checkpoints/last.ckpt    every ``train.checkpoint_every`` updates and at the end
-    metrics.csv              one row per update: environment steps, episodes ended, their mean return, losses
+    logs/metrics.csv         one row per update: ``steps`` (environment steps trained), episodes ended,
+                             their mean return, losses (the layout of every run folder's log)
     metrics.json             the final policy's evaluation (``brims test``) and the training summary
     learning_curve.png       return against environment steps
 
@@ -47,7 +48,9 @@ from brims_experiments.rl.envs import EnvSpaces, env_spaces, make_vector_env, re
 from brims_experiments.rl.ppo import Collector, ppo_update
 from brims_experiments.run_folder import (
     CONFIG_FILE,
+    LOG_FILE,
     METRICS_FILE,
+    STEPS_COLUMN,
     TRAIN_TIME_FILE,
     TrainingSession,
     check_checkpoint_config,
@@ -59,7 +62,8 @@ from brims_experiments.run_folder import (
 from brims_experiments.run_lock import RunFolderLock
 
 log = logging.getLogger(__name__)
-CURVE_FILE = "metrics.csv"
+CURVE_FILE = LOG_FILE
+LEGACY_CURVE_FILE = "metrics.csv"  # brims 0.3 and earlier: at the folder's root, with ``env_steps``
 PLOT_FILE = "learning_curve.png"
 LAST = Path("checkpoints") / "last.ckpt"
 RETURN_WINDOW = 100  # episodes in the reported average training return
@@ -101,6 +105,7 @@ def _write_curve(run_dir: Path, rows: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+    (run_dir / CURVE_FILE).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CURVE_FILE, buffer.getvalue())
 
 
@@ -166,7 +171,7 @@ def _train_holding_lock(run_dir: Path, config: RLConfig, spaces: EnvSpaces, devi
     session, session_start = TrainingSession(run_dir), update
     session.earlier_sessions()  # a corrupted record refuses the start, not the first checkpoint
     offset = rows[-1]["seconds"] if rows else 0.0  # the curve's clock runs on across sessions
-    board = tensorboard_logger(run_dir, rows[-1]["env_steps"] if rows else 0) if config.train.logger == "tensorboard" else None
+    board = tensorboard_logger(run_dir, rows[-1][STEPS_COLUMN] if rows else 0) if config.train.logger == "tensorboard" else None
     bar = tqdm(total=total, initial=update, disable=not progress, unit="update", dynamic_ncols=True)
     try:
         while update < total:
@@ -176,7 +181,7 @@ def _train_holding_lock(run_dir: Path, config: RLConfig, spaces: EnvSpaces, devi
             returns = [r for r, _ in finished]
             rows.append({
                 "update": update,
-                "env_steps": update * config.steps_per_update,
+                STEPS_COLUMN: update * config.steps_per_update,  # environment steps
                 "episodes": len(finished),
                 "mean_return": float(np.mean(returns)) if returns else math.nan,
                 "mean_length": float(np.mean([n for _, n in finished])) if finished else math.nan,
@@ -185,10 +190,10 @@ def _train_holding_lock(run_dir: Path, config: RLConfig, spaces: EnvSpaces, devi
                 "seconds": round(offset + session.elapsed(), 2),
             })
             if board is not None:
-                board.log_metrics({k: v for k, v in rows[-1].items() if k not in ("update", "env_steps")},
-                                  step=rows[-1]["env_steps"])
+                board.log_metrics({k: v for k, v in rows[-1].items() if k not in ("update", STEPS_COLUMN)},
+                                  step=rows[-1][STEPS_COLUMN])
             bar.update(1)
-            bar.set_postfix(steps=rows[-1]["env_steps"], avg_return=f"{rows[-1][f'return_last{RETURN_WINDOW}']:.1f}")
+            bar.set_postfix(steps=rows[-1][STEPS_COLUMN], avg_return=f"{rows[-1][f'return_last{RETURN_WINDOW}']:.1f}")
             if update % config.train.checkpoint_every == 0 or update == total:
                 _save(last, config, spaces, agent, optimizer, update, rows, list(collector.recent))
                 _write_curve(run_dir, rows)
@@ -322,6 +327,12 @@ def env_title(config: Any) -> str:
 
 
 def read_curve(run_dir: Path) -> list[dict[str, float]]:
+    """The run's rows, ``steps`` being environment steps (a folder of brims 0.3 and earlier, with its
+    log at the root and an ``env_steps`` column, is read the same way)."""
+    if not (run_dir / CURVE_FILE).is_file() and (run_dir / LEGACY_CURVE_FILE).is_file():
+        with open(run_dir / LEGACY_CURVE_FILE, newline="") as handle:
+            rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        return [{STEPS_COLUMN: row.pop("env_steps"), **row} for row in rows]
     with open(run_dir / CURVE_FILE, newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
@@ -339,7 +350,7 @@ def plot_curves(runs: list[tuple[str, list[dict[str, float]]]], path: Path, titl
     key = f"return_last{RETURN_WINDOW}"
     drawn = False
     for label, rows in runs:
-        points = [(row["env_steps"], row[key]) for row in rows if not math.isnan(row[key])]
+        points = [(row[STEPS_COLUMN], row[key]) for row in rows if not math.isnan(row[key])]
         if points:
             axes.plot(*zip(*points), label=label)
             drawn = True
