@@ -149,10 +149,18 @@ def test_every_run_of_every_suite_has_a_valid_config(name, tmp_path):
         config = run.config()
         assert config.train.seed == run.seed
         assert status(run, keep_results=False) == "new"
-    for experiment in suite.experiments:  # every model of an experiment: the same budget and data
-        budgets = {(c.train.epochs, c.train.max_steps, json.dumps(c.as_dict()["data"], sort_keys=True))
-                   for c in (r.config() for r in runs if r.experiment is experiment)}
+    for experiment in suite.experiments:  # every model of an experiment: the same budget, data and environment
+        budgets = {json.dumps(everything_but_the_model_and_seed(r.config().as_dict()), sort_keys=True)
+                   for r in runs if r.experiment is experiment and r.seed == suite.seeds[0]}
         assert len(budgets) == 1, experiment.name
+
+
+def everything_but_the_model_and_seed(config: dict) -> dict:
+    """A config's sections (data, training; env and PPO for RL) without the model and the seed."""
+    config = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()
+              if section != "model"}
+    config["train"].pop("seed")
+    return config
 
 
 @pytest.mark.parametrize("name", suite_names())
@@ -172,7 +180,7 @@ def test_an_unknown_suite_is_refused_with_the_list(capsys):
     with pytest.raises(SystemExit) as stop:
         brims("reproduce", "nope", "--dry-run")
     assert stop.value.code == 2
-    assert "invalid choice: 'nope' (choose from 'cpu', 'paper', 'quick')" in capsys.readouterr().err
+    assert "invalid choice: 'nope' (choose from 'cpu', 'paper', 'quick', 'rl')" in capsys.readouterr().err
 
 
 # ---- a tiny suite end to end ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Each line maps a name to the module that implements it; that module's ``EXPERIMENT`` is a
 subclass of :class:`brims_experiments.experiments.base.Experiment` (the supervised ones of
-:class:`brims_experiments.train.tasks.Task`). Modules are imported when first asked for, so
+:class:`brims_experiments.train.supervised.SupervisedExperiment`). Modules are imported when first asked for, so
 ``brims --help`` and an RL run import nothing of the other experiments. The presets of an
 experiment are the YAML files in ``brims_experiments/configs`` that name its ``task``.
 """

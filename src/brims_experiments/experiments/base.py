@@ -3,8 +3,8 @@
 
 An experiment is a class registered by name in :mod:`brims_experiments.experiments`; its methods
 here are class methods (they need no config, only a path, a config or ``metrics.json`` values).
-Supervised experiments subclass :class:`brims_experiments.train.tasks.Task`, which implements the
-lifecycle methods once for all of them; RL (:mod:`brims_experiments.rl.experiment`) has its own.
+Supervised experiments subclass :class:`brims_experiments.train.supervised.SupervisedExperiment`,
+which implements the lifecycle methods once for all of them; RL (:mod:`brims_experiments.rl.experiment`) has its own.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 class Experiment:
     """The interface; the methods that raise ``NotImplementedError`` must be overridden (see
-    :class:`brims_experiments.train.tasks.Task`).
+    :class:`brims_experiments.train.supervised.SupervisedExperiment`).
 
     ``name`` is the ``task:`` value of its configs and ``metrics.json``.
     """

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from brims_experiments.config_files import positive_int
 from brims_experiments.train.datamodule import GeneratedDataModule
+from brims_experiments.train.supervised import SupervisedExperiment
 from brims_experiments.train.tasks import Batch, Task
 
 # Seed of the fixed test sets, apart from any training or validation example's seed.
@@ -40,7 +41,7 @@ class GeneratedDataConfig:
             positive_int(f"data.{name}", getattr(self, name))
 
 
-class GeneratedTask(Task):
+class GeneratedTask(SupervisedExperiment):
     """Data drawn on the fly at a condition (the copying gap, the adding length): fresh
     training sequences at the training condition, fixed seeded test sets at every test one."""
 

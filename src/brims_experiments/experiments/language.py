@@ -20,7 +20,8 @@ from brims_experiments.experiments.generated import TEST_SEED
 from brims_experiments.tasks.language import LanguageModel, detach_state, move_state, state_from_plain, state_to_plain
 from brims_experiments.train.config import ExperimentConfig, is_number, list_field
 from brims_experiments.train.datamodule import TextDataModule, TextWindows
-from brims_experiments.train.tasks import Task, markdown_table
+from brims_experiments.train.supervised import SupervisedExperiment
+from brims_experiments.train.tasks import markdown_table
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class LanguageDataConfig:
                     f"data.noise entries must be shares in (0, 1], got {share!r}")
 
 
-class LanguageTask(Task):
+class LanguageTask(SupervisedExperiment):
     """Next-token prediction with the state carried across windows (truncated BPTT).
 
     A batch is ``(inputs (B, L), targets (B, L), window index)``; window 0 starts a pass over

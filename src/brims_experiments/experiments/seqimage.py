@@ -18,7 +18,8 @@ from brims_experiments.data.images import IMAGE_DATASETS, ImageSplit, load_image
 from brims_experiments.tasks.seqimage import Noise, SequenceClassifier, make_sequences
 from brims_experiments.train.config import ExperimentConfig, is_int, list_field
 from brims_experiments.train.datamodule import SeqImageDataModule
-from brims_experiments.train.tasks import Batch, Task, condition_table
+from brims_experiments.train.supervised import SupervisedExperiment
+from brims_experiments.train.tasks import Batch, condition_table
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class DataConfig:
     def all_test_resolutions(self) -> tuple[int, ...]:
         return tuple(sorted({self.train_resolution, *self.test_resolutions}))
 
-class SeqImageTask(Task):
+class SeqImageTask(SupervisedExperiment):
     name = "seqimage"
     data_config = DataConfig
     monitor = "val/acc"

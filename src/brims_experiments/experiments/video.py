@@ -31,7 +31,8 @@ from brims_experiments.tasks.video import VideoPredictor, bce_per_frame, check_f
 from brims_experiments.train.config import ExperimentConfig, is_int, is_number, list_field
 from brims_experiments.train.datamodule import DrawEach, GeneratedDataModule
 from brims_experiments.train.plots import loss_axis
-from brims_experiments.train.tasks import Batch, Task, markdown_table
+from brims_experiments.train.supervised import SupervisedExperiment
+from brims_experiments.train.tasks import Batch, markdown_table
 
 matplotlib.use("Agg")  # files only (pyplot picks its backend at the first figure, not at import)
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class VideoCondition:
         return f"{self.objects} {'balls' if dataset == 'balls' else 'digits'}" + (", curtain" if self.curtain else "")
 
 
-class VideoTask(Task):
+class VideoTask(SupervisedExperiment):
     """Next-frame prediction on generated videos: a teacher-forced prefix, then a closed-loop
     rollout (:mod:`brims_experiments.tasks.video`). Reported per test condition: the binary cross-entropy
     per frame (nats, summed over its pixels) at every predicted frame, and its means over the

@@ -135,7 +135,7 @@ class TrainConfig:
 
 
 def supervised(name: Any) -> Any:
-    """The supervised experiment (a :class:`brims_experiments.train.tasks.Task` class) registered as
+    """The supervised experiment (a :class:`brims_experiments.train.supervised.SupervisedExperiment` class) registered as
     ``name``; a :class:`ConfigError` for an unknown name or one with another kind of config (RL)."""
     found = experiment(name)
     require(hasattr(found, "data_config"),

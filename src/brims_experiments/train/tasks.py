@@ -8,13 +8,13 @@ results table and its title words. An instance, built once per run from the run'
 builds the model, computes the loss and metrics of a batch, provides the Lightning data module,
 checks its data before training, evaluates a trained model on every test condition and draws
 its figures. The lifecycle (train, resume, test, compare) is the same for all of them and lives
-in :mod:`brims_experiments.train.run`; the class methods of :class:`Task` connect it to the
-generic commands.
+in :mod:`brims_experiments.train.run`, which builds on this interface; an experiment's class
+subclasses :class:`brims_experiments.train.supervised.SupervisedExperiment`, the ``Task`` that
+connects that lifecycle to the generic commands (so nothing here imports the lifecycle).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
@@ -133,51 +133,6 @@ class Task(Experiment):
         if config.train.max_steps:
             return f"{config.train.max_steps:,} steps"
         return f"{config.train.epochs} epoch{'s' if config.train.epochs != 1 else ''}"
-
-    @classmethod
-    def train_command(cls, args: argparse.Namespace, config_path: Path | None) -> int:
-        from brims_experiments.run_folder import run_dir_for, say_if_compiling
-        from brims_experiments.train.config import load_config
-        from brims_experiments.train.run import train
-
-        if config_path is None:
-            run_dir, config = Path(args.config), None
-        else:
-            config = load_config(config_path, args.set)
-            run_dir = run_dir_for(args, config_path, config.model.core.kind)
-        args.run_folder = run_dir  # for the message after Ctrl-C
-        metrics = train(run_dir, config, progress=not args.no_progress, announce=say_if_compiling)
-        if metrics is not None:
-            print(cls.format_table([metrics]))
-            print(f"run folder: {run_dir}")
-        return 0
-
-    @classmethod
-    def test_command(cls, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-        from brims_experiments.train.run import test
-
-        if args.episodes is not None:
-            parser.error("--episodes applies to RL runs only")
-        metrics = test(args.path, device=args.device, progress=not args.no_progress, out=args.out)
-        print(cls.format_table([metrics]))
-        print(f"metrics and figures written to {metrics['written_to']}")
-        return 0
-
-    @classmethod
-    def compare(cls, runs: list[dict[str, Any]], folders: list[str], plot: Path) -> None:
-        from brims_experiments.figures import title_of
-        from brims_experiments.train.plots import plot_test_summary
-
-        print(cls.format_table(runs, [Path(f).name for f in folders]))
-        plot_test_summary(runs, plot, title_of(runs[0], with_model=False))
-
-    @classmethod
-    def load_trained(cls, path: Path, device: Any) -> tuple[Any, Any, Any, Path]:
-        from brims_experiments.train.run import load_trained
-
-        config, model, _ = load_trained(path, device)
-        checkpoint = path / "checkpoints" / "best.ckpt" if path.is_dir() else path
-        return config, model, model.core.network, checkpoint
 
 
 def make_task(config: ExperimentConfig) -> Task:
