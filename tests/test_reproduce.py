@@ -16,8 +16,10 @@ from brims_experiments.config_files import ConfigError
 from brims_experiments.reproduce.report import (
     Comparison,
     Estimate,
+    plateau_gain,
     readme_block,
     readme_section,
+    runs_by_day,
     update_readme,
     verdict,
     write_report,
@@ -409,3 +411,26 @@ def test_the_figures_interval_is_of_the_kind_the_verdict_uses():
     accuracies = [0.5, 0.6, 0.7]
     assert interval_of_kind(accuracies, lower_is_better=False) == pytest.approx(
         (Estimate.of(accuracies).mean, Estimate.of(accuracies).low, Estimate.of(accuracies).high))
+
+
+def test_the_plateau_gain_is_the_best_values_last_quarter_gain_over_its_distance_from_chance():
+    assert plateau_gain({100: 0.5, 200: 0.8, 400: 0.9}, "higher", chance=0.1) == pytest.approx(0.1 / 0.8)
+    # The best so far, not the last value: a worse last validation gains nothing.
+    assert plateau_gain({100: 1.0, 200: 0.5, 400: 0.6}, "lower", chance=1.386) == 0.0
+    # The quarter counts from the steps trained, not from the last validation.
+    assert plateau_gain({100: 0.5, 200: 0.8, 300: 0.9}, "higher", chance=0.1, trained=400) == 0.0
+    assert plateau_gain({100: 0.5}, "higher", chance=0.1) is None
+
+
+def test_runs_by_day_counts_every_training_session_of_the_finished_runs(tmp_path):
+    suite = load_suite("quick")
+    experiment = suite.experiments[0]
+    for seed, starts in enumerate([["2026-12-01T23:00:00", "2026-12-02T01:00:00"], ["2026-12-02T02:00:00"]]):
+        folder = tmp_path / experiment.name / next(iter(experiment.models)) / f"seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("task: adding\n")
+        (folder / "metrics.json").write_text("{}")
+        (folder / "train_time.json").write_text(json.dumps({"sessions": [{"started_at": s, "seconds": 1800.0}
+                                                                         for s in starts]}))
+    table = runs_by_day(suite, tmp_path)
+    assert "| 2026-12-01 | 1 | 0.5 |" in table and "| 2026-12-02 | 2 | 1.0 |" in table

@@ -25,7 +25,7 @@ from typing import Any
 
 from brims_experiments.figures import save_figure
 from brims_experiments.reproduce.suites import Claim, Experiment, Suite
-from brims_experiments.run_folder import CONFIG_FILE, LOG_FILE, METRICS_FILE, STEPS_COLUMN, read_log_rows
+from brims_experiments.run_folder import CONFIG_FILE, LOG_FILE, METRICS_FILE, STEPS_COLUMN, TRAIN_TIME_FILE, read_log_rows
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (the standard table).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -275,7 +275,7 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
     for condition in experiment.conditions:
         if condition.claim == "none":
             lines.append(f"- no claim on {condition.label}: {condition.why.strip()}")
-    where = standing(experiment, found)
+    where = " ".join(part for part in (standing(experiment, found), plateau_evidence(experiment, found)) if part) or None
     if where:
         lines += ["", where]
     return "\n".join(lines)
@@ -340,9 +340,56 @@ def steps_of(run: RunResult) -> int | None:
 
 
 def trained_steps(metrics: dict[str, Any]) -> int | str:
-    """The steps a run trained for (its last session's end), or ``?`` for a record without sessions."""
+    """The steps a run trained for (its last session's end; an RL run's environment steps, the steps
+    of its log), or ``?`` for a record without sessions."""
+    if "env_steps" in metrics:
+        return int(metrics["env_steps"])
     sessions = metrics.get("train", {}).get("sessions", [])
     return sessions[-1]["to_step"] if sessions else "?"
+
+
+def run_seconds(metrics: dict[str, Any]) -> float:
+    """A run's wall seconds, training and test (one thread: its CPU seconds)."""
+    train = metrics.get("train", {}).get("seconds", metrics.get("train_seconds", 0.0))
+    return float(train) + float(metrics.get("test_seconds", 0.0))
+
+
+def best_so_far(curve: dict[int, float], better: str) -> dict[int, float]:
+    """The best validation value up to each step (what selects the checkpoint)."""
+    best, pick = {}, (min if better == "lower" else max)
+    for step in sorted(curve):
+        best[step] = curve[step] if not best else pick(curve[step], best[max(best)])
+    return best
+
+
+def plateau_gain(curve: dict[int, float], better: str, chance: float, trained: int | None = None) -> float | None:
+    """How much the best validation value improved over the last quarter of the steps trained, as a
+    share of the distance from chance to the final best: the plateau criterion (below 0.01: the
+    model has plateaued). None for a curve of fewer than two validations."""
+    if len(curve) < 2:
+        return None
+    best = best_so_far(curve, better)
+    last = trained if trained else max(curve)
+    earlier = best[max((step for step in best if step <= 0.75 * last), default=min(best))]
+    final = best[max(best)]
+    return abs(final - earlier) / abs(final - chance) if final != chance else math.nan
+
+
+def plateau_evidence(experiment: Experiment, found: dict[str, list[RunResult]]) -> str | None:
+    """The plateau criterion of every model of an experiment with a declared ``curve_chance``."""
+    if experiment.curve_chance is None:
+        return None
+    parts = []
+    for model, runs in found.items():
+        gains = [g for g in (plateau_gain(read_curve(r.folder, experiment.curve), experiment.better,
+                                          experiment.curve_chance, steps_of(r)) for r in runs) if g is not None]
+        if gains:
+            parts.append(f"{model} {', '.join(f'{g:.1%}' for g in gains)}")
+    if not parts:
+        return None
+    return (f"Plateau: the best {experiment.curve_label} gained, over the last quarter of the steps trained, this share "
+            f"of its distance from chance ({experiment.curve_chance:g}), per seed (below 1%: plateaued): "
+            f"{'; '.join(parts)}.")
 
 
 def read_curve(folder: Path, column: str) -> dict[int, float]:
@@ -496,6 +543,25 @@ def update_readme(readme: Path, suite: Suite, results: Path) -> bool:
     return True
 
 
+def runs_by_day(suite: Suite, results: Path) -> list[str]:
+    """Markdown: from every finished run's own ``train_time.json``, the training sessions per day
+    (UTC) and their hours; complete even where a ``brims reproduce`` invocation left no record."""
+    days: dict[str, list[float]] = {}
+    for experiment in suite.experiments:
+        for runs in load_results(results, experiment).values():
+            for run in runs:
+                path = run.folder / TRAIN_TIME_FILE
+                for session in json.loads(path.read_text()).get("sessions", []) if path.is_file() else []:
+                    days.setdefault(session["started_at"][:10], []).append(float(session["seconds"]))
+    if not days:
+        return []
+    lines = ["## Training sessions by day", "", "From each run's own record (`train_time.json`): the training "
+             "sessions started that day (UTC; a resumed run has one per start) and their hours, one thread each.", "",
+             "| day | sessions | hours |", "|---|---:|---:|"]
+    lines += [f"| {day} | {len(seconds)} | {sum(seconds) / 3600:.1f} |" for day, seconds in sorted(days.items())]
+    return [*lines, ""]
+
+
 def write_report(suite: Suite, results: Path) -> Path:
     """``results/<suite>/README.md`` and its figures, from the results alone."""
     record = json.loads((results / "suite.json").read_text()) if (results / "suite.json").is_file() else {}
@@ -526,11 +592,12 @@ def write_report(suite: Suite, results: Path) -> Path:
             lines.append(f"- {model}: `brims train {experiment.preset} --run-dir runs/{suite.name}/"
                          f"{experiment.name}/{model}/seedk --set {options}`")
         lines.append("")
-        times = [(model, r.seed, r.metrics.get("train", {}).get("seconds", 0.0) + r.metrics.get("test_seconds", 0.0))
-                 for model, runs in found.items() for r in runs]
+        times = [(model, r.seed, run_seconds(r.metrics)) for model, runs in found.items() for r in runs]
         if times:
             lines.append("Wall time per run (train + test), minutes: " + ", ".join(
                 f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
+            lines.append(f"CPU-hours of the experiment: {sum(t for _, _, t in times) / 3600:.1f} (its {len(times)} "
+                         "runs, one thread each).")
             lines.append("")
     lines += ["## What the verdicts say", "", *verdict_summary(suite, results)[2:], ""]
     if sessions:
@@ -548,6 +615,7 @@ def write_report(suite: Suite, results: Path) -> Path:
                          f"{hardware} | brims {m['brims']}, torch {m['torch']}, lightning {m['lightning']} | "
                          f"{finished} |")
         lines.append("")
+    lines += runs_by_day(suite, results)
     path = results / REPORT_FILE
     path.write_text("\n".join(lines))
     return path

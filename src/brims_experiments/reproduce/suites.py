@@ -64,6 +64,7 @@ class Experiment:
     generalisation: str | None  # metrics.json key whose conditions are sequence lengths, e.g. "length"
     generalisation_metric: str | None
     chance: float | None  # the chance level of the generalisation figure, in the condition's scale
+    curve_chance: float | None  # the learning curve's value at chance: with it, the report measures the plateau
     pairs: tuple[tuple[str, str], ...]  # (model, baseline) compared on every condition with a claim
     claims: tuple[Claim, ...]  # every pair on every such condition, in pair order
     minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
@@ -154,7 +155,8 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
             name=item["name"], preset=item["preset"], overrides=_strings(f"{where}, set", item.get("set", [])),
             models=models, conditions=conditions, better=item["better"], curve=item["curve"],
             curve_label=item.get("curve_label", item["curve"]), generalisation=item.get("generalisation"),
-            generalisation_metric=item.get("generalisation_metric"), chance=item.get("chance"), pairs=pairs, claims=claims, minutes=minutes,
+            generalisation_metric=item.get("generalisation_metric"), chance=item.get("chance"),
+            curve_chance=item.get("curve_chance"), pairs=pairs, claims=claims, minutes=minutes,
             note=item.get("note", "").strip(),
         ))
     require(experiments, f"suite {name}: no experiments")
