@@ -253,7 +253,8 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
             lines.append(f"| {model} | 0 of {len(suite.seeds)} | - | - | - |" + " - |" * len(experiment.conditions))
             continue
         trained = sorted({trained_steps(r.metrics) for r in runs})
-        best = sorted({r.metrics.get("global_step") for r in runs})
+        # An RL run is tested with its final policy: its "best step" is its last.
+        best = sorted({r.metrics.get("global_step", trained_steps(r.metrics)) for r in runs})
         cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in trained),
                  "/".join(str(s) for s in best), f"{runs[0].metrics['parameters']:,}"]
         cells += [table[(model, c.label)].format(c.scale) if (model, c.label) in table else f"no {c.path}"
@@ -328,8 +329,8 @@ def standing(experiment: Experiment, found: dict[str, list[RunResult]]) -> str |
     if not parts:
         return None
     how = "relative" if experiment.better == "lower" else "absolute"
-    return (f"Where the models stand: {experiment.curve_label} at the last validation (mean over seeds), and in "
-            f"brackets its {how} change since the last validation at or before 3/4 of the steps trained: "
+    return (f"Where the models stand: {experiment.curve_label} at its last logged value (mean over seeds), and in "
+            f"brackets its {how} change since the last value logged at or before 3/4 of the steps trained: "
             f"{', '.join(parts)}.")
 
 
@@ -569,7 +570,8 @@ def write_report(suite: Suite, results: Path) -> Path:
     lines = [f"# Suite `{suite.name}`: {suite.title}", "", suite.question, ""]
     lines += [f"Reproduce: `brims reproduce {suite.name}` (resumable; `--dry-run` lists the runs). Seeds "
               f"{', '.join(map(str, suite.seeds))} for every model; every model of an experiment has the same "
-              "budget and data order; each run's checkpoint is chosen on validation only, and every test condition "
+              "budget and data order; each supervised run's checkpoint is chosen on validation only (an RL run is "
+              "tested with its final policy), and every test condition "
               "is scored from that one checkpoint.", ""]
     for experiment in suite.experiments:
         found = load_results(results, experiment)

@@ -91,7 +91,7 @@ class Suite:
 
 def model_name(model: str) -> str:
     """A model's name in a sentence: ``BRIMs``, ``the LSTM``, ``BRIMs without top-down``."""
-    return {"lstm": "the LSTM"}.get(model, MODEL_NAMES.get(model, model))
+    return {"lstm": "the LSTM", "memoryless": "the memoryless agent"}.get(model, MODEL_NAMES.get(model, model))
 
 
 def claim_text(model: str, baseline: str, condition: Condition) -> str:
