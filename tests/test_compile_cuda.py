@@ -7,7 +7,7 @@ import pytest
 import torch
 from support import CELLS, build, make_config, random_input, random_state
 
-from brims import BRIMsState
+from brims import BRIMs, BRIMsState
 
 TOL = dict(rtol=0, atol=1e-10)
 # torch.compile's own imports warn about torch.jit deprecations; not ours to fix.
@@ -17,9 +17,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture
 def fresh_dynamo():
-    torch._dynamo.reset()
+    torch.compiler.reset()
     yield
-    torch._dynamo.reset()
+    torch.compiler.reset()
 
 
 # ---- torch.compile ---------------------------------------------------------------------------------
@@ -131,6 +131,85 @@ def test_compile_step_accepts_torch_compile_options(fresh_dynamo, options):
         x = random_input(config, 2, 2)
         with torch.no_grad():
             torch.testing.assert_close(model(x)[0], build(config)(x)[0], **TOL)
+
+
+class CountingBackend:
+    """A ``torch.compile`` backend that counts the graphs dynamo hands it and runs them as they are (no
+    inductor compile): how many times a chunk compiled, through public API only."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.graphs += 1
+        return graph.forward
+
+
+def tiny(**options) -> BRIMs:
+    torch.manual_seed(0)
+    return BRIMs(8, hidden_sizes=[16, 16], num_modules=[4, 2], top_k=[2, 1], input_heads=2, input_key_size=4,
+                 comm_heads=2, comm_key_size=4, comm_value_size=4, **options)
+
+
+def test_compile_step_graphs_are_bounded_over_batch_sizes_lengths_and_modes(fresh_dynamo):
+    """Lengths 8, 10, 9, 13 (leftovers of 0, 2, 1 and 1 steps) compile one 4-step and one 1-step graph; batch
+    sizes 8, 16, 12, 33 at most one more each (the first batch size equals the input size, and they share a
+    symbol until another batch size comes); eval mode the same again. Four variants, at most 8 graphs
+    (measured: 6). The loop before this compiled a chunk per distinct leftover (3 graphs for the lengths
+    alone) and a graph per change of batch size, and past torch's limit of 8 per function, which every
+    model shared, ran eagerly without a word."""
+    backend = CountingBackend()
+    model = tiny().compile_step(steps_per_call=4, backend=backend)
+    generator = torch.Generator().manual_seed(0)
+
+    def run(batches: tuple[int, ...]) -> None:
+        for batch in batches:
+            for steps in (8, 10, 9, 13):
+                with torch.set_grad_enabled(model.training):
+                    output, _ = model(torch.randn(steps, batch, 8, generator=generator))
+                if model.training:
+                    output.square().sum().backward()
+                assert output.shape == (steps, batch, 16)
+
+    for training in (True, False):
+        model.train(training)
+        before = backend.graphs
+        run((8,))
+        assert backend.graphs - before == 2  # the lengths: a 4-step and a 1-step graph
+        run((16, 12, 33))
+        assert backend.graphs - before <= 4, backend.graphs - before  # the batch sizes: at most one more each
+
+
+def test_compile_step_models_have_their_own_recompile_budget(fresh_dynamo):
+    """Two models' chunks share one function's code: with one budget between them, the second model's graph
+    would be past a limit of one."""
+    first = tiny().eval().compile_step(backend=CountingBackend(), recompile_limit=1)
+    second = BRIMs(8, hidden_sizes=[24], num_modules=[4], top_k=[2]).eval()
+    second.compile_step(backend=CountingBackend(), recompile_limit=1)
+    x = torch.randn(4, 2, 8)
+    with torch.no_grad():
+        first(x)
+        second(x)
+
+
+def test_compile_step_past_the_recompile_limit_raises_naming_what_varied(fresh_dynamo, caplog):
+    """Past its limit a variant raises (fullgraph=True) instead of running eagerly unnoticed, with a note on
+    what its calls varied, also logged; the calls it compiled for still run."""
+    model = tiny().eval().compile_step(backend=CountingBackend(), recompile_limit=1)
+    x = torch.randn(4, 3, 8)
+    with torch.no_grad():
+        expected, _ = model(x)
+        with pytest.raises(Exception, match="input_requires_grad took False, True") as raised:
+            model(x.clone().requires_grad_())
+        assert "the 4-step chunk on cpu (without grad, eval mode, diagnostics off)" in str(raised.value.__notes__)
+        assert "input_requires_grad took False, True" in caplog.text
+        assert torch.equal(model(x)[0], expected)
+
+
+@pytest.mark.parametrize("option", ["fullgraph", "isolate_recompiles"])
+def test_compile_step_refuses_to_give_up_its_guarantees(option):
+    with pytest.raises(ValueError, match=f"compile_step\\(\\) sets {option}=True itself"):
+        tiny().compile_step(**{option: False})
 
 
 # ---- CUDA ----------------------------------------------------------------------------------------------

@@ -5,11 +5,16 @@ and of the initial state, over the model's switches, in float64, in training mod
 (both backends draw the same keep masks under one seed) and in eval mode. Without a GPU the
 kernels run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``): slow, so the
 sequences are short. With one, the same comparisons run on it (``DEVICE``).
+
+Every field of ``BRIMsConfig`` is classified in ``FUSED_OPTIONS``: varied by a named equality test
+here, or refused with ``backend="triton"``; a new field fails
+``test_every_config_field_is_implemented_or_refused`` (fast: it runs no kernel) until it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -64,9 +69,12 @@ def assert_same(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
             torch.testing.assert_close(got[name], value, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("combo", ALL_COMBOS)
-def test_triton_matches_torch_in_training(combo):
-    config = make_config(*combo)
+# Every combination of cell x layers (1-3: their sizes, modules and top_k differ) x top_down x communication.
+COMBO_CONFIGS = [pytest.param(make_config(*combo.values[0]), id=combo.id) for combo in ALL_COMBOS]
+
+
+@pytest.mark.parametrize("config", COMBO_CONFIGS)
+def test_triton_matches_torch_in_training(config):
     reference, fused = twins(config, train=True)
     x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
     expected, got = run(reference, x, state), run(fused, x, state)
@@ -82,6 +90,80 @@ def test_triton_matches_torch_in_eval(cell, communication):
     reference, fused = twins(config, train=False)
     x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
     assert_same(run(reference, x, state), run(fused, x, state))
+
+
+# make_config's two layers with one option changed each: the options ALL_COMBOS keeps fixed, and every
+# module active (the kernels' TOP_K == N branch).
+OPTION_CONFIGS = [
+    pytest.param(dataclasses.replace(make_config("lstm", 2), **{name: value}), id=f"{name}={value}")
+    for name, value in [
+        ("input_size", 7), ("top_k", (4, 2)), ("input_heads", 1), ("input_key_size", 6), ("input_value_factor", 4),
+        ("comm_heads", 1), ("comm_key_size", 2), ("comm_value_size", 4), ("attention_dropout", 0.5),
+        ("batch_first", True),
+    ]
+]
+
+
+@pytest.mark.parametrize("config", OPTION_CONFIGS)
+def test_triton_matches_torch_with_option(config):
+    reference, fused = twins(config, train=True)
+    x, state = random_input(config, STEPS, BATCH), random_state(reference, BATCH)
+    if config.batch_first:
+        x = x.transpose(0, 1)  # (B, T, F)
+    assert_same(run(reference, x, state), run(fused, x, state))
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    """An option value the fused backend does not implement: ``BRIMsConfig`` refuses it with ``backend="triton"``."""
+
+    value: Any
+
+
+# Each BRIMsConfig field: the parametrised equality test whose configs vary it, or Refused. The kernels
+# (brims/backends/triton_kernels.py) implement every option today; a new field goes here.
+FUSED_OPTIONS: dict[str, str | Refused] = {
+    "input_size": "test_triton_matches_torch_with_option",
+    "hidden_sizes": "test_triton_matches_torch_in_training",
+    "num_modules": "test_triton_matches_torch_in_training",
+    "top_k": "test_triton_matches_torch_with_option",
+    "cell": "test_triton_matches_torch_in_training",
+    "top_down": "test_triton_matches_torch_in_training",
+    "communication": "test_triton_matches_torch_in_training",
+    "input_heads": "test_triton_matches_torch_with_option",
+    "input_key_size": "test_triton_matches_torch_with_option",
+    "input_value_factor": "test_triton_matches_torch_with_option",
+    "comm_heads": "test_triton_matches_torch_with_option",
+    "comm_key_size": "test_triton_matches_torch_with_option",
+    "comm_value_size": "test_triton_matches_torch_with_option",
+    "attention_dropout": "test_triton_matches_torch_with_option",
+    "batch_first": "test_triton_matches_torch_with_option",
+    "backend": "test_triton_matches_torch_in_training",  # the switch: twins() builds each config with both
+}
+
+
+def compared_configs(test: Any) -> list[BRIMsConfig]:
+    """The configs an equality test compares: its ``config`` parametrisation, each with both backends (``twins``)."""
+    configs = [value.values[0] if hasattr(value, "values") else value
+               for mark in getattr(test, "pytestmark", []) if mark.name == "parametrize" and mark.args[0] == "config"
+               for value in mark.args[1]]
+    assert configs, f"{test.__name__} is not parametrised over config"
+    return [twin for config in configs for twin in (config, dataclasses.replace(config, backend="triton"))]
+
+
+def test_every_config_field_is_implemented_or_refused():
+    fields = [field.name for field in dataclasses.fields(BRIMsConfig)]
+    assert set(FUSED_OPTIONS) == set(fields), (
+        f"classify every BRIMsConfig field in FUSED_OPTIONS: missing {sorted(set(fields) - set(FUSED_OPTIONS))}, "
+        f"stale {sorted(set(FUSED_OPTIONS) - set(fields))}")
+    for name, how in FUSED_OPTIONS.items():
+        if isinstance(how, Refused):
+            dataclasses.replace(make_config(), **{name: how.value})  # the torch backend takes it
+            with pytest.raises(ValueError, match=name):
+                dataclasses.replace(make_config(backend="triton"), **{name: how.value})
+        else:
+            values = {repr(getattr(config, name)) for config in compared_configs(globals()[how])}
+            assert len(values) >= 2, f"{how} does not vary {name} (always {values})"
 
 
 def test_triton_batch_spanning_programs_matches_torch():

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from brims.backends.fused_layer import FusedBRIMsLayer
 from brims.config import BRIMsConfig
 from brims.layer import BRIMsLayer
 
@@ -89,7 +90,8 @@ class BRIMsCell(nn.Module):
     def __init__(self, config: int | BRIMsConfig, *args: Any, **options: Any) -> None:
         super().__init__()
         self.config = as_config(config, args, options)
-        self.layers = nn.ModuleList(BRIMsLayer(self.config, index) for index in range(self.config.num_layers))
+        layer_type = FusedBRIMsLayer if self.config.backend == "triton" else BRIMsLayer  # chosen once, here
+        self.layers = nn.ModuleList(layer_type(self.config, index) for index in range(self.config.num_layers))
 
     def step(self, x: Tensor, state: BRIMsState) -> tuple[BRIMsState, BRIMsDiagnostics]:
         """One step from ``x (B, F)`` and a checked ``state``: the new state and what the modules did.

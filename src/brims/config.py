@@ -61,7 +61,9 @@ class BRIMsConfig:
         backend: how a layer step runs: ``"torch"`` (plain PyTorch that autograd differentiates;
             the reference, and the CPU path) or ``"triton"`` (one fused Triton kernel per layer
             step forward and one backward, for CUDA GPUs; needs ``pip install 'brims[triton]'``;
-            tested equal to ``"torch"``; see :mod:`brims.backends.fused`).
+            tested equal to ``"torch"``; see :mod:`brims.backends.fused`). It implements every
+            option above (tests/test_triton_backend.py classifies each field: an option its kernels
+            do not implement must be refused here, by name).
     """
 
     input_size: int

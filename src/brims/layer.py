@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from brims.attention import Communication, InputAttention
-from brims.backends.fused import fused_layer_step
 from brims.config import BRIMsConfig
 from brims.grouped import make_cell
 
@@ -68,6 +67,9 @@ class BRIMsLayer(nn.Module):
     Note (departure from the released code): communication reads the state inactive modules
     hold, ``h_{t-1}`` (the RIMs paper's equation), not their discarded proposals; like the
     released code's ``blocked_grad``, no gradient flows through that read into inactive modules.
+
+    This is the torch backend; ``backend="triton"`` builds its subclass
+    :class:`brims.backends.fused_layer.FusedBRIMsLayer`, the same step in fused kernels.
     """
 
     def __init__(self, config: BRIMsConfig, index: int) -> None:
@@ -75,7 +77,6 @@ class BRIMsLayer(nn.Module):
         self.num_modules = config.num_modules[index]
         self.top_k = config.top_k[index]
         self.is_gru = config.cell == "gru"
-        self.fused = config.backend == "triton"
         module_size = config.module_size(index)
         attended_size = config.input_value_factor * module_size
         bottom_up_size = config.input_size if index == 0 else config.hidden_sizes[index - 1]
@@ -109,8 +110,6 @@ class BRIMsLayer(nn.Module):
     def forward(self, h: Tensor, c: Tensor, bottom_up: Tensor, top_down: Tensor | None) -> LayerStep:
         """One step from the state ``h, c (B, n*m)``, the layer below's ``h^{l-1}_t (B, F)`` and the
         layer above's ``h^{l+1}_{t-1} (B, F')`` (None when the layer reads no top-down)."""
-        if self.fused:  # the same step in two Triton kernels (brims.backends.fused)
-            return LayerStep(*fused_layer_step(self, h, c, bottom_up, top_down))
         batch = h.shape[0]
         h = h.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m); a view when contiguous
         c = c.reshape(batch, self.num_modules, -1).transpose(0, 1)  # (n, B, m)

@@ -95,6 +95,15 @@ class BRIMs(nn.Module):
         the defaults per device); ``compile_options`` go to ``torch.compile``. It computes the same
         steps as the eager loop (tested). It compiles the torch backend: with ``backend="triton"``
         the steps are fused kernels already, and it refuses.
+
+        What recompiles (each compile takes minutes on a CPU): the sequence length never (the steps
+        left over after the last whole chunk run through a 1-step chunk); the batch size neither (the
+        chunk's dimensions are symbolic), but for a batch of one and a first batch size equal to
+        another size of the input, one graph more each. A variant is a chunk length (``steps_per_call``
+        or 1) x grad mode x ``train()``/``eval()`` x ``return_diagnostics``, each compiled with its
+        own budget of ``recompile_limit`` graphs (default 4; pass ``recompile_limit=N`` to change it).
+        Past it, torch raises (the chunk compiles with ``fullgraph=True``) rather than run eagerly
+        unnoticed, and the error's note names what the variant's calls varied.
         """
         if self.config.backend != "torch":
             raise ValueError(f"compile_step() compiles the torch backend; backend={self.config.backend!r} is fused already")

@@ -1,34 +1,37 @@
 """The Triton backend: each layer step is one fused kernel forward and one backward (``BRIMsConfig(backend="triton")``).
 
 Opt-in, for GPUs, where the torch backend's step is a few hundred tiny kernels per time step and
-launch latency sets its speed. :func:`fused_layer_step` computes what
-:meth:`brims.layer.BRIMsLayer.forward` computes (tested equal, outputs and every gradient, over the
-model's switches): the slot projections stay ``nn.Linear`` calls that autograd differentiates; the
-rest of the step (input attention, competition, the cells, communication, write-back) is
-:func:`brims.backends.triton_kernels.layer_step_forward`, and its gradient
-``layer_step_backward`` plus one batched matmul per weight.
+launch latency sets its speed. :func:`fused_step` computes what :meth:`brims.layer.BRIMsLayer.forward`
+computes after the slot projections (tested equal, outputs and every gradient, over the model's
+switches): input attention, competition, the cells, communication and write-back are
+:func:`brims.backends.triton_kernels.layer_step_forward`, and its gradient ``layer_step_backward``
+plus one batched matmul per weight.
 
-Dropout keep masks are drawn with :func:`brims.attention.dropout_keep` before the kernel, in the
-torch backend's order, so both backends drop the same entries under the same seed.
+The interface is tensors only: :class:`StepSizes` (the kernels' constants, from a
+:class:`~brims.config.BRIMsConfig` and a layer index), :class:`StepWeights` (the layer's weight
+tensors), the state, the slot projections and the dropout keep masks. The layer that calls it,
+:class:`brims.backends.fused_layer.FusedBRIMsLayer`, computes the slots with ``nn.Linear`` (autograd
+differentiates them) and draws the keep masks in the torch backend's order.
 
 On a CPU the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
 imported): slow, and there for the tests. Note (departure from the torch backend): the returned
 attention diagnostics carry no gradient.
 
 Dimension legend: B = batch, N = modules, M = units per module, S = non-null slots,
-H / D / V and H2 / D2 / V2 = heads / key / value sizes of the input attention and of communication.
+H / D / V and H2 / D2 / V2 = heads / key / value sizes of the input attention and of communication,
+G = gates per module (4M LSTM, 3M GRU).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from brims.attention import dropout_keep
+from brims.config import BRIMsConfig
 
 BLOCK_B = 16  # batch rows per program; tl.dot needs at least 16
 
@@ -64,21 +67,24 @@ class StepSizes:
     HAS_COMM: bool
 
     @classmethod
-    def of(cls, layer: Any) -> StepSizes:
-        attention, communication = layer.input_attention, layer.communication
+    def of(cls, config: BRIMsConfig, index: int) -> StepSizes:
+        """The sizes of layer ``index`` of the network ``config`` describes."""
+        module_size = config.module_size(index)
+        reads_top_down = config.top_down and index < config.num_layers - 1
+        comm = config.communication
         return cls(
-            N=layer.num_modules,
-            TOP_K=layer.top_k,
-            M=layer.cell.weight_hh.shape[1],
-            H=attention.heads,
-            D=attention.key_size,
-            V=attention.attended_size // attention.heads,
-            S=2 if attention.top_down is not None else 1,
-            H2=communication.heads if communication is not None else 1,
-            D2=communication.key_size if communication is not None else 1,
-            V2=communication.value_size if communication is not None else 1,
-            IS_GRU=layer.is_gru,
-            HAS_COMM=communication is not None,
+            N=config.num_modules[index],
+            TOP_K=config.top_k[index],
+            M=module_size,
+            H=config.input_heads,
+            D=config.input_key_size,
+            V=config.input_value_factor * module_size // config.input_heads,
+            S=2 if reads_top_down else 1,
+            H2=config.comm_heads if comm else 1,
+            D2=config.comm_key_size if comm else 1,
+            V2=config.comm_value_size if comm else 1,
+            IS_GRU=config.cell == "gru",
+            HAS_COMM=comm,
         )
 
     def constants(self, drop_in: bool, drop_comm: bool) -> dict[str, Any]:
@@ -130,6 +136,19 @@ def launch_options(kernel_name: str, constants: dict[str, Any]) -> dict[str, int
 def _launch(kernel: Any, batch: int, args: list[Any], constants: dict[str, Any]) -> None:
     """``kernel`` over the batch's programs: every launch of this backend goes through here."""
     kernel[_grid(batch)](*args, **constants, **launch_options(kernel.__name__, constants))
+
+
+class StepWeights(NamedTuple):
+    """A layer's weights as the kernels read them, per module ``(N, in, out)``; None where the layer has none."""
+
+    query: Tensor  # (N, M, H*D): input attention's W^Q
+    weight_ih: Tensor  # (N, H*V, G)
+    weight_hh: Tensor  # (N, M, G)
+    bias: Tensor  # (N, G): LSTM's one bias per gate; GRU's input-side b_r, b_z, b_in
+    bias_hn: Tensor | None  # (N, M): GRU's b_hn (inside the reset product); None for LSTM
+    comm_qkv: Tensor | None  # (N, M, H2*(2*D2 + V2)); None without communication
+    comm_out: Tensor | None  # (N, H2*V2, 2M)
+    comm_out_bias: Tensor | None  # (N, 2M)
 
 
 class FusedLayerStep(torch.autograd.Function):
@@ -211,31 +230,25 @@ class FusedLayerStep(torch.autograd.Function):
                 d_wq, d_wih, d_whh, d_bias, d_bias_hn, d_wqkv, d_wout, d_bout)
 
 
-def fused_layer_step(layer: Any, h: Tensor, c: Tensor, bottom_up: Tensor, top_down: Tensor | None):
-    """One step of ``layer`` (a :class:`brims.layer.BRIMsLayer`) through the fused kernels.
+def fused_step(
+    sizes: StepSizes,
+    weights: StepWeights,
+    h: Tensor,
+    c: Tensor,
+    slots: Tensor,
+    keep_in: Tensor | None,
+    keep_comm: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer step through the fused kernels, what the torch backend computes from the slots on.
 
-    ``h, c (B, N*M)``, ``bottom_up (B, F)``, ``top_down (B, F')`` or None. Returns ``h', c'`` (GRU:
-    ``c' = h'``), the active modules ``(B, N)`` bool and the head-averaged input attention
-    ``(B, N, 1 + S)``, as the torch backend does.
+    ``h, c (B, N*M)`` (GRU: ``c`` is ignored), ``slots (B, S, H*D + H*V)`` (the slot projections, in
+    ``h``'s dtype), and the scaled dropout keep masks ``keep_in (N, B, H, S)`` and ``keep_comm
+    (N, N, B, H2)`` (None without dropout). Returns ``h', c'`` (GRU: ``c' = h'``), the active modules
+    ``(B, N)`` bool and the head-averaged input attention ``(B, N, 1 + S)``.
     """
-    sizes = StepSizes.of(layer)
     h = h.contiguous()
-    slots = layer.input_attention.slots(bottom_up, top_down).to(h.dtype).contiguous()  # (B, S, H*D + H*V)
-    batch = h.shape[0]
-    dropout = layer.input_attention.dropout
-    drop = layer.training and dropout > 0
-    keep_in = dropout_keep((sizes.N, batch, sizes.H, sizes.S), dropout, slots) if drop else None
-    keep_comm = dropout_keep((sizes.N, sizes.N, batch, sizes.H2), dropout, slots) if drop and sizes.HAS_COMM else None
-    cell, communication = layer.cell, layer.communication
-    if sizes.IS_GRU:
-        gate_weights = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hn)
-    else:
-        gate_weights = (cell.weight_ih, cell.weight_hh, cell.bias, None)
-    comm_weights = (None, None, None)
-    if communication is not None:
-        comm_weights = (communication.qkv.weight, communication.out.weight, communication.out.bias)
+    c = None if sizes.IS_GRU else c.contiguous()
     h_new, c_new, active, attention = FusedLayerStep.apply(
-        sizes, h, c.contiguous() if not sizes.IS_GRU else None, slots, keep_in, keep_comm,
-        layer.input_attention.query.weight, *gate_weights, *comm_weights,
+        sizes, h, c, slots.contiguous(), keep_in, keep_comm, *weights
     )
     return h_new, h_new if sizes.IS_GRU else c_new, active.bool(), attention
