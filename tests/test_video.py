@@ -298,6 +298,7 @@ def test_balls_run_writes_metrics_and_figures(balls_run, tmp_path, capsys):
         assert result["sequences"] == 20 and len(result["bce_per_step"]) == 5
         assert result["rollout_bce"] == pytest.approx(sum(result["bce_per_step"][2:]) / 3, rel=1e-4)
         assert 0 < result["constant_bce"] < 16 * 16 * 0.7
+        assert result["rollout_to_constant"] == pytest.approx(result["rollout_bce"] / result["constant_bce"])
     for name in ("learning_curves.png", "prediction_strip.png", "bce_by_frame.png", "module_activity.png"):
         assert (balls_run / name).read_bytes().startswith(b"\x89PNG"), name
     assert (balls_run / "rollout.gif").read_bytes().startswith(b"GIF89a")

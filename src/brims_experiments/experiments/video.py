@@ -238,6 +238,8 @@ class VideoTask(SupervisedExperiment):
                              "sequences": data.test_sequences, "bce": float(per_step.mean()),
                              "teacher_bce": float(per_step[: data.teacher_frames].mean()),
                              "rollout_bce": float(rollout.mean()), "constant_bce": constant,
+                             # the rollout's error as a share of predicting every pixel at the mean intensity
+                             "rollout_to_constant": float(rollout.mean()) / constant,
                              "bce_per_step": [round(float(v), 4) for v in per_step]}
             log.info("test %s: rollout BCE per frame %.2f", name, results[name]["rollout_bce"])
         return {"condition": results, "frames": data.frames, "teacher_frames": data.teacher_frames,

@@ -3,7 +3,7 @@
 Run folders live under ``<runs>/<suite>/<experiment>/<model>/seed<k>`` (checkpoints and all); a
 finished run (its ``metrics.json`` written after the test) is skipped, a started one resumes from
 its last checkpoint, so the command picks up where an interruption left it. Each finished run's
-small artefacts (resolved config, metrics, training log, figures; no checkpoints) are copied to
+small artefacts (resolved config, metrics, training log, figures and animations; no checkpoints) are copied to
 ``<results>/<suite>/<experiment>/<model>/seed<k>``; only finished runs are copied, so a run that did
 not finish is never reported. With ``keep_results`` a run already in ``<results>`` with the same
 config counts as finished too (a suite continued on another machine).
@@ -103,7 +103,7 @@ def collect(run: PlannedRun) -> None:
         if source.is_file():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, staging / name)
-    for figure in sorted(run.run_dir.glob("*.png")):
+    for figure in sorted([*run.run_dir.glob("*.png"), *run.run_dir.glob("*.gif")]):
         shutil.copy2(figure, staging / figure.name)
     metrics = json.loads((staging / METRICS_FILE).read_text())
     metrics["checkpoint"] = Path(metrics.get("checkpoint", "")).name  # not this machine's path
