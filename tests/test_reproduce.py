@@ -182,7 +182,7 @@ def test_an_unknown_suite_is_refused_with_the_list(capsys):
     with pytest.raises(SystemExit) as stop:
         brims("reproduce", "nope", "--dry-run")
     assert stop.value.code == 2
-    assert "invalid choice: 'nope' (choose from 'converge', 'cpu', 'paper', 'quick', 'rl')" in capsys.readouterr().err
+    assert "invalid choice: 'nope' (choose from 'converge', 'cpu', 'paper', 'quick', 'rl', 'video')" in capsys.readouterr().err
 
 
 # ---- a tiny suite end to end ----------------------------------------------------------------------
