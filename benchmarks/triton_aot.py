@@ -21,7 +21,8 @@ with a GRU cell.
 
     python benchmarks/triton_aot.py                        # the default launches (tests/test_triton_aot.py's), a table
     python benchmarks/triton_aot.py --all --jobs 2 --json all.json        # every kernel of every model (~2 h a job)
-    python benchmarks/triton_aot.py --from-json all.json --write-docs docs/speed.md   # its tables into the docs
+    python benchmarks/triton_aot.py --jobs 2 --write-docs docs/speed.md   # docs/speed.md's tables (the default launches)
+    python benchmarks/triton_aot.py --all --from-json all.json            # all.json's tables, compiling nothing again
     python benchmarks/triton_aot.py --num-stages 3 --json before.json     # Triton's default stages
 
 tests/test_triton_aot.py compiles the same kernels and checks them against the limits below.
@@ -412,8 +413,12 @@ def kernel_table(kernels: list[Kernel], results: dict[tuple[int, str], dict], ar
     return "\n".join(lines)
 
 
+TF32_ALIKE = {"tf32": ("tf32", "bf16-autocast")}  # bf16 autocast launches TF32 allowed's kernels
+
+
 def released_table(kernels: list[Kernel], results: dict[tuple[int, str], dict], batch: int = 32) -> str:
-    """The released model's kernels side by side: IEEE float32, TF32 (also bf16 autocast), per arch."""
+    """The released model's kernels at ``batch`` side by side: IEEE float32, TF32 (also bf16 autocast), per
+    arch; a row for each kernel among ``kernels`` (empty if none)."""
     by_use = {(launches.model, launches.cell, launches.mode, launches.setting, launches.batch, layer,
                KERNEL_NAMES[k.record["kernel"]]): k for k in kernels for launches, layer in k.uses}
     columns = [(arch, setting) for arch in ARCHS for setting in ("fp32", "tf32")]
@@ -423,12 +428,14 @@ def released_table(kernels: list[Kernel], results: dict[tuple[int, str], dict], 
         for mode in MODES:
             for layer in (0, 1):
                 for name in KERNEL_NAMES.values():
-                    cells = []
-                    for arch, setting in columns:
-                        kernel = by_use.get(("released", cell, mode, setting, batch, layer, name))
-                        cells.append(_cell(results.get((arch, kernel.key)) if kernel else None, arch))
-                    lines.append(f"| {cell} | {mode} | {layer} | {name} | {' | '.join(cells)} |")
-    return "\n".join(lines)
+                    found = [next((by_use[use] for use in (("released", cell, mode, s, batch, layer, name)
+                                                           for s in TF32_ALIKE.get(setting, (setting,)))
+                                   if use in by_use), None) for _, setting in columns]
+                    if any(found):
+                        cells = [_cell(results.get((arch, kernel.key)) if kernel else None, arch)
+                                 for (arch, _), kernel in zip(columns, found)]
+                        lines.append(f"| {cell} | {mode} | {layer} | {name} | {' | '.join(cells)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def model_summary(kernels: list[Kernel], results: dict[tuple[int, str], dict]) -> str:
@@ -464,13 +471,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--all", action="store_true", help="every model's launches (default: DEFAULT_LAUNCHES)")
-    parser.add_argument("--models", nargs="+", help="only these models (with --all)")
+    parser.add_argument("--models", nargs="+", help="only these models' launches")
     parser.add_argument("--archs", nargs="+", type=int, default=list(ARCHS))
     parser.add_argument("--num-stages", type=int, help="override launch_options' num_stages")
     parser.add_argument("--num-warps", type=int, help="override launch_options' num_warps")
     parser.add_argument("--jobs", type=int, default=1, help="compiles at a time")
     parser.add_argument("--json", type=Path, help="also write every result here")
-    parser.add_argument("--from-json", type=Path, help="tables from an earlier --json run instead of compiling")
+    parser.add_argument("--from-json", type=Path, nargs="+", default=[],
+                        help="results of earlier --json runs: only the kernels missing from them are compiled")
     parser.add_argument("--write-docs", type=Path, help="put the tables between the markers in this file")
     args = parser.parse_args()
     if args.worker:
@@ -481,30 +489,44 @@ def main() -> None:
     if args.models:
         launch_sets = [launches for launches in launch_sets if launches.model in args.models]
     kernels = kernels_of(launch_sets, overrides)  # captured here, one at a time: capture() patches the fused module
-    if args.from_json:
-        results = {(r["arch"], r["key"]): r["result"] for r in json.loads(args.from_json.read_text())}
-    else:
-        start = time.perf_counter()
-        results = compile_all(kernels, args.archs, args.jobs)
-        print(f"{len(kernels)} kernels x {len(args.archs)} archs compiled in {time.perf_counter() - start:.0f} s "
-              f"at {args.jobs} a time", file=sys.stderr)
+    keys = {(arch, kernel.key) for kernel in kernels for arch in args.archs}
+    earlier = {(r["arch"], r["key"]): r["result"] for path in args.from_json for r in json.loads(path.read_text())}
+    results = {key: result for key, result in earlier.items() if key in keys}
+    missing = len(keys) - len(results)
+    start = time.perf_counter()
+    results = compile_all(kernels, args.archs, args.jobs, done=results)
+    if missing:
+        print(f"{missing} kernel compiles ({len(kernels)} kernels x {len(args.archs)} archs, less those read from "
+              f"--from-json) in {time.perf_counter() - start:.0f} s at {args.jobs} a time", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps([{"arch": arch, "key": key, "result": result}
                                          for (arch, key), result in results.items()], indent=1))
-    tables = [f"{len(kernels)} distinct kernels, each for sm_80 and sm_90, from {len(launch_sets)} launch sets.",
-              "", ("Registers / shared memory (bytes a block) / spill stores (bytes a thread) of the released model's "
-              f"kernels at a batch that is a multiple of 16, {_options_text(kernels)}:"), "",
-              released_table(kernels, results), "", ("Per model, over its kernels (every cell, mode, setting and batch) "
-              "and both architectures:"), "", model_summary(kernels, results)]
-    text = "\n".join(tables)
-    print(text + "\n\nEvery kernel:\n\n" + kernel_table(kernels, results, args.archs))
+    text = docs_text(kernels, results, len(launch_sets))
+    print(text)
     if args.write_docs:
         write_docs(args.write_docs, text)
 
 
-def _options_text(kernels: list[Kernel]) -> str:
+def docs_text(kernels: list[Kernel], results: dict[tuple[int, str], dict], sets: int) -> str:
+    """The tables docs/speed.md shows: the released model's kernels at each batch, per model, every kernel."""
     options = {(k.record["options"]["num_warps"], k.record["options"]["num_stages"]) for k in kernels}
-    return ", ".join(f"{w} warps, {s} stage{'s' if s > 1 else ''}" for w, s in sorted(options))
+    options_text = ", ".join(f"{w} warps, {s} stage{'s' if s > 1 else ''}" for w, s in sorted(options))
+    compiled = [r for r in results.values() if r["ok"]]
+    most_shared = max((r["shared"] for r in compiled), default=0)
+    most_spills = max((r["spills"] for r in compiled), default=0)
+    summary = (f"{len(kernels)} distinct kernels from {sets} launch sets, each compiled for sm_80 and sm_90 "
+               f"({options_text}): {len(compiled)} of {len(results)} compiled, at most {most_shared:,} bytes of "
+               f"shared memory and {most_spills:,} bytes of spill stores a thread.")
+    lines = [summary]
+    resources = "Registers / shared memory (bytes a block) / spill stores (bytes a thread)"
+    for batch, which in ((32, "a multiple of 16 (the training batches of 64)"), (20, "not a multiple of 16")):
+        table = released_table(kernels, results, batch)
+        if table:
+            lines += ["", f"{resources} of the released model's kernels at a batch {which}:", "", table]
+    per_model = "Per model, over its kernels here (of LSTM and GRU, train and eval, each setting and batch) and both archs:"
+    lines += ["", per_model, "", model_summary(kernels, results), "", "Every kernel:", "",
+              kernel_table(kernels, results, ARCHS)]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

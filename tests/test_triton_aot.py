@@ -18,7 +18,8 @@ step as it launches (float32, and bf16 autocast's TF32 dots) and every code path
 small sizes (30 kernels x 2 archs). ``-m exhaustive`` compiles every distinct kernel of every model:
 the released and small ones and every preset's and suite's modular core, LSTM and GRU, training and
 eval, float32, TF32 and bf16 autocast, a batch that is a multiple of 16 and one that is not (416
-kernels x 2 archs, about 2 hours at two jobs).
+kernels x 2 archs; not timed in full, roughly half an hour to an hour at two jobs on an idle
+2-core machine, from the default run's CPU time per kernel: docs/speed.md).
 """
 
 from __future__ import annotations
