@@ -1,20 +1,25 @@
 """The Triton backend's kernels compile for real GPUs, and fit them, without a GPU here.
 
-Every launch ``backend="triton"`` makes (forward and backward kernel, each layer, LSTM and GRU,
-training and eval, float32) is captured from a model's step on the CPU and compiled by
-``triton.compile`` for sm_80 (A100) and sm_90 (H100/H200) through Triton's whole pipeline to a
-cubin, with the ptxas inside the triton wheel (benchmarks/triton_aot.py does the work; it also
-prints the resource table in docs/speed.md). Each compile runs in a subprocess of its own, so that
-an LLVM assertion, which aborts the process, fails its case with its message instead of killing
-pytest. A case fails on a compile error, on shared memory past the architecture's per-block limit
-(the kernel could not launch), and on spills past ``SPILL_BUDGET``.
+Launches of ``backend="triton"`` are captured from a model's step on the CPU as a run makes them
+(each layer's forward and backward kernel; the constexprs, dtypes and divisibility Triton
+specialises on) and compiled by ``triton.compile`` for sm_80 (A100) and sm_90 (H100/H200) through
+Triton's whole pipeline to a cubin, with the ptxas inside the triton wheel (benchmarks/triton_aot.py
+does the work and prints the resource tables in docs/speed.md). Launches that specialise alike are
+compiled once. Each compile runs in a subprocess of its own, so that an LLVM assertion, which aborts
+the process, fails its case with its message instead of killing pytest. A kernel fails on a compile
+error, on shared memory past the architecture's per-block limit (it could not launch), and on spills
+past ``aot.SPILL_BUDGET``.
 
 The interpreter tests (tests/test_triton_backend.py) cannot see any of this: the interpreter runs
 the kernels' Python, not Triton's front end, its layouts or ptxas.
 
-The default run compiles the tests' small configuration (every code path: cell x dropout x
-top-down slot count x kernel x architecture, 2-8 s a case) and every case of the released
-configuration's sizes (5-22 s a case, two at a time).
+The default run compiles ``aot.DEFAULT_LAUNCHES``, two at a time: the paper presets' BRIMs training
+step as it launches (float32, and bf16 autocast's TF32 dots) and every code path of the kernels at
+small sizes (30 kernels x 2 archs). ``-m exhaustive`` compiles every distinct kernel of every model:
+the released and small ones and every preset's and suite's modular core, LSTM and GRU, training and
+eval, float32, TF32 and bf16 autocast, a batch that is a multiple of 16 and one that is not (416
+kernels x 2 archs; not timed in full, roughly half an hour to an hour at two jobs on an idle
+2-core machine, from the default run's CPU time per kernel: docs/speed.md).
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,13 +37,7 @@ aot = importlib.util.module_from_spec(_spec)
 sys.modules["triton_aot"] = aot
 _spec.loader.exec_module(aot)
 
-# Bytes of spill stores per thread (ptxas -v) a kernel may have, per configuration. A spill is a
-# slowdown, not an error, and ptxas moves a few bytes between versions: the budgets catch a kernel
-# that falls off a cliff, as these did before their dots were chunked (10-84 KB a thread at the
-# released sizes, at 32 registers). Measured now (Triton 3.9.0): the tests' sizes 0-40 bytes; the
-# released sizes 8-312 at 50-unit modules and 264-3,112 at 100-unit modules, the most in the
-# layer-1 forward, whose communication dots still take whole 128-wide tiles (docs/speed.md).
-SPILL_BUDGET = {"small": 256, "released": 4096}
+JOBS = 2  # compiles at a time: CI has two cores
 
 
 def _backend_missing() -> str | None:
@@ -59,44 +57,59 @@ def _backend_missing() -> str | None:
 _missing = _backend_missing()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
-SMALL = aot.all_cases(configs=("small",))
-RELEASED = aot.all_cases(configs=("released",))
+_RESULTS: dict[tuple[int, str], dict] = {}  # (arch, kernel key) -> result: each kernel compiled once per run
 
 
-def _check(case: aot.Case, result: dict | None = None) -> dict:
-    result = aot.run_case(case) if result is None else result
-    assert result["ok"], f"{case.name} does not compile:\n{result['error']}"
-    limit = aot.SHARED_LIMIT[case.arch]
-    assert result["shared"] <= limit, (
-        f"{case.name}: {result['shared']:,} bytes of shared memory, past sm_{case.arch}'s {limit:,} per block")
-    budget = SPILL_BUDGET[case.config]
-    assert result["spills"] <= budget, (
-        f"{case.name}: {result['spills']:,} bytes of spill stores per thread at {result['registers']} registers, "
-        f"past the budget of {budget:,}")
-    return result
-
-
-@pytest.mark.parametrize("case", SMALL, ids=lambda c: c.name)
-def test_kernel_compiles_and_fits_at_the_tests_sizes(case):
-    _check(case)
+def _check(launch_sets: list[aot.Launches]) -> None:
+    """Compile what ``launch_sets`` launch (what is not compiled yet) and fail on any problem of any kernel."""
+    kernels = aot.kernels_of(launch_sets)  # captured here, one at a time (capture patches the fused module)
+    aot.compile_all(kernels, jobs=JOBS, done=_RESULTS)
+    found = [problem for kernel in kernels for arch in aot.ARCHS
+             for problem in aot.problems(kernel, arch, _RESULTS[(arch, kernel.key)])]
+    assert not found, "\n\n".join(found)
 
 
 @pytest.fixture(scope="module")
-def released_results() -> dict[str, dict]:
-    """Every released-size case compiled two at a time (each compile is a subprocess of its own, and
-    CI has two cores): about 3 minutes instead of 6."""
-    for case in RELEASED:  # the launches are captured in this process, one at a time (not thread-safe)
-        aot.record_of(case)
-    with ThreadPoolExecutor(2) as pool:
-        return {case.name: result for case, result in zip(RELEASED, pool.map(aot.run_case, RELEASED))}
+def default_kernels_compiled() -> None:
+    """Every default kernel compiled up front, two at a time (the tests below then only read results)."""
+    aot.compile_all(aot.kernels_of(aot.DEFAULT_LAUNCHES), jobs=JOBS, done=_RESULTS)
 
 
-@pytest.mark.parametrize("case", RELEASED, ids=lambda c: c.name)
-def test_kernel_compiles_and_fits_at_the_released_sizes(case, released_results):
-    """The released configuration's sizes (issue 23: in CI, for both architectures), including the
-    sm_90 LSTM layer-0 forward that once aborted LLVM: the abort depends on the sizes, which the
-    small configuration does not reach."""
-    _check(case, released_results[case.name])
+@pytest.mark.parametrize("launches", aot.DEFAULT_LAUNCHES, ids=lambda launches: launches.name)
+def test_kernels_compile_and_fit(launches, default_kernels_compiled):
+    """Both architectures, each kernel of the launch set (includes the sm_90 LSTM layer-0 forward at
+    the released sizes that once aborted LLVM: the abort depends on the sizes)."""
+    _check([launches])
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("setting", aot.SETTINGS)
+@pytest.mark.parametrize("mode", aot.MODES)
+@pytest.mark.parametrize("cell", aot.CELLS)
+def test_every_models_kernels_compile_and_fit(cell, mode, setting):
+    """Every model's launches with this cell, mode and setting, at both batches, both architectures."""
+    _check([launches for launches in aot.all_launches()
+            if (launches.cell, launches.mode, launches.setting) == (cell, mode, setting)])
+
+
+def test_models_are_every_presets_and_suites_modular_core():
+    """Every preset and every suite's modular model is a model (or an alias of one), and the paper
+    presets' BRIMs is the released configuration."""
+    from brims_experiments.reproduce.suites import load_suite
+    from brims_experiments.suites import suite_names
+    from brims_experiments.tasks.cores import MODULAR_KINDS
+    from brims_experiments.train.commands import preset_names
+
+    names = {name for model in aot.models() for name in aot.aliases(model)}
+    assert set(preset_names()) <= names
+    for suite in suite_names():
+        for experiment in load_suite(suite).experiments:
+            for model, overrides in experiment.models.items():
+                kind = next((o.split("=")[1] for o in overrides if o.startswith("model.core.kind=")), "brims")
+                assert (f"{suite}/{experiment.name}/{model}" in names) == (kind in MODULAR_KINDS), (suite, model)
+    assert aot.canonical("smnist-paper") == "released"
+    for launches in aot.DEFAULT_LAUNCHES:
+        aot.canonical(launches.model)
 
 
 def test_capture_sees_every_launch_with_the_launch_options():
@@ -105,7 +118,7 @@ def test_capture_sees_every_launch_with_the_launch_options():
     from brims.backends import fused
 
     for mode, drop in (("train", True), ("eval", False)):
-        records = aot.capture("small", "lstm", mode)
+        records = aot.capture(aot.Launches("small", "lstm", mode, "fp32", 20))
         assert [(r["kernel"], r["layer"]) for r in records] == [
             ("layer_step_forward", 0), ("layer_step_forward", 1), ("layer_step_backward", 1), ("layer_step_backward", 0)]
         for r in records:
@@ -115,12 +128,36 @@ def test_capture_sees_every_launch_with_the_launch_options():
         assert [r["constexprs"]["S"] for r in records] == [2, 1, 1, 2]  # top-down slot in layer 0 only
 
 
+def test_capture_follows_torchs_float32_matmuls_and_autocast():
+    """float32 by default: IEEE dots. TF32 allowed: TF32 dots. bf16 autocast: the kernels still take
+    float32 (the layer casts the slots to the state's dtype) with TF32 dots, the backward too, though
+    it runs after autocast: the same kernels as with TF32 allowed."""
+    records = {setting: aot.capture(aot.Launches("small", "gru", "train", setting, 20)) for setting in aot.SETTINGS}
+    assert {r["constexprs"]["PRECISION"] for r in records["fp32"]} == {"ieee"}
+    assert {r["constexprs"]["PRECISION"] for r in records["tf32"]} == {"tf32"}
+    pointers = {t for r in records["bf16-autocast"] for t in r["signature"].values() if t.startswith("*")}
+    assert pointers == {"*fp32", "*i8"}
+    assert list(map(aot.specialisation, records["bf16-autocast"])) == list(map(aot.specialisation, records["tf32"]))
+
+
+def test_capture_specialises_the_batch_on_divisibility_by_16():
+    """A real launch at a batch of 64 compiles another kernel than one at 250: Triton marks an integer
+    argument divisible by 16."""
+    def batch_attrs(batch):
+        record = aot.capture(aot.Launches("small", "lstm", "eval", "fp32", batch))[0]
+        index = list(record["signature"]).index("B")
+        return [v for k, v in record["attrs"] if k == [index]]
+
+    assert batch_attrs(32) == [[["tt.divisibility", 16]]] and batch_attrs(20) == []
+
+
 def test_an_abort_in_the_compiler_fails_the_case_with_its_message(monkeypatch, tmp_path):
     """A compile that kills its process (as LLVM's assertions do, SIGABRT) comes back as a failed case
     carrying the process's stderr, and pytest lives on."""
     script = tmp_path / "aborts.py"
     script.write_text("import os, sys\nprint('Assertion `it holds` failed.', file=sys.stderr, flush=True)\nos.abort()\n")
     monkeypatch.setattr(aot, "__file__", str(script))
-    result = aot.run_case(SMALL[0])
+    record = aot.capture(aot.Launches("small", "lstm", "eval", "fp32", 20))[0]
+    result = aot.run_case(record, 90)
     assert not result["ok"]
     assert "signal 6" in result["error"] and "Assertion `it holds` failed." in result["error"]

@@ -6,6 +6,10 @@ and of the initial state, over the model's switches, in float64, in training mod
 kernels run in Triton's interpreter (conftest.py sets ``TRITON_INTERPRET=1``): slow, so the
 sequences are short. With one, the same comparisons run on it (``DEVICE``).
 
+The kernels' dots follow torch's float32 matmul setting (TF32 where torch allows it); the autouse
+fixture ``_ieee_dots`` pins it to IEEE, so that float32 results compare to float32 rounding (float64
+dots are IEEE always).
+
 Every field of ``BRIMsConfig`` is classified in ``FUSED_OPTIONS``: varied by a named equality test
 here, or refused with ``backend="triton"``; a new field fails
 ``test_every_config_field_is_implemented_or_refused`` (fast: it runs no kernel) until it is.
@@ -21,10 +25,33 @@ import torch
 from support import ALL_COMBOS, CELLS, build, make_config, random_input, random_state
 
 from brims import BRIMs, BRIMsConfig, BRIMsState
+from brims.backends.fused import dot_precision, torch_uses_tf32
 
 TOL = dict(rtol=0, atol=1e-12)
 STEPS, BATCH = 2, 3
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the interpreter runs CPU tensors only
+
+
+def set_float32_matmul_tf32(allowed: bool) -> None:
+    """Set whether torch runs float32 CUDA matmuls in TF32."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the newer spelling, which allow_tf32 must not mix with
+        matmul.fp32_precision = "tf32" if allowed else "ieee"
+    else:
+        matmul.allow_tf32 = allowed
+
+
+@pytest.fixture(autouse=True)
+def _ieee_dots():
+    """IEEE float32 dots in every test here, whatever torch's setting was (restored after)."""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision if hasattr(matmul, "fp32_precision") else matmul.allow_tf32
+    set_float32_matmul_tf32(False)
+    yield
+    if hasattr(matmul, "fp32_precision"):
+        matmul.fp32_precision = before
+    else:
+        matmul.allow_tf32 = before
 
 
 def twins(config: BRIMsConfig, train: bool, dtype: torch.dtype = torch.float64) -> tuple[BRIMs, BRIMs]:
@@ -240,9 +267,30 @@ def test_triton_on_cuda_matches_torch_on_cuda(cell):
     assert_same(run(reference, x, state), run(fused, x, state), tol=dict(rtol=1e-4, atol=2e-5))
 
 
+def test_dot_precision_follows_torch():
+    """TF32 dots for a float32 step exactly where torch would use tensor cores for its matmuls: TF32
+    allowed, or autocast on the state's device; IEEE otherwise and always in float64."""
+    h32, h64 = torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)
+    assert dot_precision(h32) == "ieee" and dot_precision(h64) == "ieee"  # the fixture's IEEE
+    with torch.autocast(h32.device.type, dtype=torch.bfloat16):
+        assert dot_precision(h32) == "tf32" and dot_precision(h64) == "ieee"
+    set_float32_matmul_tf32(True)
+    assert torch_uses_tf32()
+    assert dot_precision(h32) == "tf32" and dot_precision(h64) == "ieee"
+
+
+def test_triton_refuses_a_bfloat16_state():
+    """A bfloat16 model's kernels would not compile (their float32 accumulators); mixed precision is autocast."""
+    config = make_config("lstm", 1, backend="triton")
+    model = build(config, dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="computes in float32 or float64, got a torch.bfloat16 state"):
+        model(random_input(config, 1, 2, dtype=torch.bfloat16))
+
+
 def test_triton_under_autocast_keeps_a_float32_state_and_trains():
     """Mixed precision: the slot projections run in bfloat16 under autocast; the kernels take them in
-    the state's float32, and the gradients reach every parameter."""
+    the state's float32 (with TF32 dots, which the interpreter computes in float32), and the gradients
+    reach every parameter."""
     config = make_config("lstm", 2, top_down=True, communication=True)
     fused = build(dataclasses.replace(config, backend="triton"), dtype=torch.float32, train=True).to(DEVICE)
     x = random_input(config, STEPS, BATCH, dtype=torch.float32).to(DEVICE)

@@ -13,9 +13,21 @@ tensors), the state, the slot projections and the dropout keep masks. The layer 
 :class:`brims.backends.fused_layer.FusedBRIMsLayer`, computes the slots with ``nn.Linear`` (autograd
 differentiates them) and draws the keep masks in the torch backend's order.
 
+Precision. The step computes in its state's dtype, float32 or float64 (a bfloat16 or float16 state
+is refused: keep the model in float32 and use autocast). The kernels' matmuls (``tl.dot``) use
+tensor cores where torch would for the same matmuls, chosen once per layer step by
+:func:`dot_precision` and kept for its backward: float32 dots are TF32 when torch runs float32 CUDA
+matmuls in TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``, its newer spelling
+``torch.backends.cuda.matmul.fp32_precision = "tf32"``, or ``torch.set_float32_matmul_precision("high")``),
+and under autocast to bfloat16 or float16, where torch would run these matmuls in that 16-bit dtype:
+the step then runs in float32 (the layer casts the slots to the state's float32, the weights stay
+float32) with TF32 dots, no less precise than the torch backend's 16-bit matmuls. Otherwise, and
+always in float64, they are IEEE (FMAs, exact to the dtype's rounding): with torch's defaults the
+float32 step agrees with the torch backend to float32 rounding.
+
 On a CPU the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is
-imported): slow, and there for the tests. Note (departure from the torch backend): the returned
-attention diagnostics carry no gradient.
+imported): slow, and there for the tests (it ignores the dots' precision). Note (departure from the
+torch backend): the returned attention diagnostics carry no gradient.
 
 Dimension legend: B = batch, N = modules, M = units per module, S = non-null slots,
 H / D / V and H2 / D2 / V2 = heads / key / value sizes of the input attention and of communication,
@@ -87,12 +99,13 @@ class StepSizes:
             HAS_COMM=comm,
         )
 
-    def constants(self, drop_in: bool, drop_comm: bool) -> dict[str, Any]:
+    def constants(self, drop_in: bool, drop_comm: bool, precision: str) -> dict[str, Any]:
+        """The kernels' constexprs: these sizes padded, the dropout switches and the dots' ``precision``."""
         return dict(
             **{name: getattr(self, name) for name in ("N", "TOP_K", "M", "H", "D", "V", "S", "H2", "D2", "V2")},
             M_P=_padded(self.M), D_P=_padded(self.D), V_P=_padded(self.V), D2_P=_padded(self.D2), V2_P=_padded(self.V2),
             IS_GRU=self.IS_GRU, HAS_COMM=self.HAS_COMM, DROP_IN=drop_in, DROP_COMM=drop_comm,
-            BLOCK_B=BLOCK_B, PRECISION="ieee",
+            BLOCK_B=BLOCK_B, PRECISION=precision,
         )
 
     @property
@@ -102,6 +115,34 @@ class StepSizes:
     @property
     def qkv(self) -> int:
         return self.H2 * (2 * self.D2 + self.V2)
+
+
+COMPUTE_DTYPES = (torch.float32, torch.float64)
+
+
+def torch_uses_tf32() -> bool:
+    """Whether torch runs float32 CUDA matmuls in TF32 (``torch.backends.cuda.matmul``'s setting)."""
+    matmul = torch.backends.cuda.matmul
+    # torch >= 2.9 spells it fp32_precision; there, reading allow_tf32 raises once the new spelling was set.
+    precision = getattr(matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(matmul.allow_tf32)
+
+
+def dot_precision(h: Tensor) -> str:
+    """The kernels' ``tl.dot`` input precision for a step whose state is ``h`` (module docstring):
+    ``"tf32"`` for a float32 state when torch allows TF32 or autocast is on for ``h``'s device,
+    else ``"ieee"``."""
+    if h.dtype != torch.float32:
+        return "ieee"
+    return "tf32" if torch_uses_tf32() or torch.is_autocast_enabled(h.device.type) else "ieee"
+
+
+def _check_dtype(h: Tensor) -> None:
+    if h.dtype not in COMPUTE_DTYPES:
+        raise TypeError(
+            f"backend='triton' computes in float32 or float64, got a {h.dtype} state: keep the model in float32 "
+            "and use torch.autocast for mixed precision (the step then runs in float32 with TF32 matmuls)"
+        )
 
 
 def _check_device(x: Tensor) -> None:
@@ -155,7 +196,8 @@ class FusedLayerStep(torch.autograd.Function):
     """``(h, c, slots, keep masks, weights) -> (h', c', active, attention)`` for one layer step."""
 
     @staticmethod
-    def forward(ctx, sizes: StepSizes, h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout):
+    def forward(ctx, sizes: StepSizes, precision: str, h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn,
+                wqkv, wout, bout):
         kernels = _kernels()
         _check_device(h)
         batch, n, m = h.shape[0], sizes.N, sizes.M
@@ -177,8 +219,8 @@ class FusedLayerStep(torch.autograd.Function):
             *_step_inputs(h, c, slots, wq, wih, whh, bias, bias_hn, wqkv, wout, bout, keep_in, keep_comm),
             h_out, c_out if not sizes.IS_GRU else h, active, attention,
             query, attended, gates, hidden_gates, h_proposed, null, qkv, lse, read, batch,
-        ], sizes.constants(keep_in is not None, keep_comm is not None))
-        ctx.sizes = sizes
+        ], sizes.constants(keep_in is not None, keep_comm is not None, precision))
+        ctx.sizes, ctx.precision = sizes, precision  # the backward's dots as the forward's (autocast may be off by then)
         ctx.save_for_backward(h, c, slots, keep_in, keep_comm, wq, wih, whh, bias, bias_hn, wqkv, wout, bout,
                               active, query, attended, gates, hidden_gates, h_proposed, qkv, lse, read)
         ctx.mark_non_differentiable(active, attention)
@@ -212,7 +254,7 @@ class FusedLayerStep(torch.autograd.Function):
             active, query, attended, gates, hidden_gates, qkv, lse, read,
             grad_h, grad_c, dh, dc, dslots, dquery, dgates, dhidden_gates, dqkv, dout,
             dread, delta, dattended, dlogit, kept, batch,
-        ], sizes.constants(keep_in is not None, keep_comm is not None))
+        ], sizes.constants(keep_in is not None, keep_comm is not None, ctx.precision))
         # Weight gradients: one batched matmul each over the batch, module by module (N, in, out).
         h_modules = h.view(batch, n, m).transpose(0, 1)  # (N, B, M)
         d_wq = h_modules.transpose(1, 2) @ dquery
@@ -226,7 +268,7 @@ class FusedLayerStep(torch.autograd.Function):
             d_wqkv = h_read.transpose(1, 2) @ dqkv
             d_wout = read.transpose(1, 2) @ dout
             d_bout = dout.sum(dim=1)
-        return (None, dh, None if sizes.IS_GRU else dc, dslots, None, None,
+        return (None, None, dh, None if sizes.IS_GRU else dc, dslots, None, None,
                 d_wq, d_wih, d_whh, d_bias, d_bias_hn, d_wqkv, d_wout, d_bout)
 
 
@@ -244,11 +286,13 @@ def fused_step(
     ``h, c (B, N*M)`` (GRU: ``c`` is ignored), ``slots (B, S, H*D + H*V)`` (the slot projections, in
     ``h``'s dtype), and the scaled dropout keep masks ``keep_in (N, B, H, S)`` and ``keep_comm
     (N, N, B, H2)`` (None without dropout). Returns ``h', c'`` (GRU: ``c' = h'``), the active modules
-    ``(B, N)`` bool and the head-averaged input attention ``(B, N, 1 + S)``.
+    ``(B, N)`` bool and the head-averaged input attention ``(B, N, 1 + S)``. The dots' precision is
+    chosen here, once for the step's forward and backward (:func:`dot_precision`).
     """
+    _check_dtype(h)
     h = h.contiguous()
     c = None if sizes.IS_GRU else c.contiguous()
     h_new, c_new, active, attention = FusedLayerStep.apply(
-        sizes, h, c, slots.contiguous(), keep_in, keep_comm, *weights
+        sizes, dot_precision(h), h, c, slots.contiguous(), keep_in, keep_comm, *weights
     )
     return h_new, h_new if sizes.IS_GRU else c_new, active.bool(), attention

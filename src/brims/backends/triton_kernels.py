@@ -12,7 +12,9 @@ operand from memory 16 columns at a time (``_matmul_rows``, ``_matmul_t_rows``; 
 stored first, and a barrier lets every thread read what the others wrote): Triton lowers an fp32
 ``ieee`` ``tl.dot`` to FMAs over whole operand tiles held in registers, and whole 128-wide tiles
 made ptxas spill up to 79 KB a thread at the released sizes (docs/speed.md). The kernels are
-launched with one stage (:func:`brims.backends.fused.launch_options`).
+launched with one stage (:func:`brims.backends.fused.launch_options`). ``PRECISION`` is the dots'
+input precision, ``"ieee"`` or ``"tf32"`` (tensor cores), chosen per step by
+:func:`brims.backends.fused.dot_precision` to follow torch's float32 matmul setting and autocast.
 
 Dimension legend: B = batch, N = modules, M = units per module, H / D / V = input-attention
 heads / key size / value size per head, S = non-null slots (1 or 2), H2 / D2 / V2 = the same for
