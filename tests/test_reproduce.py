@@ -292,6 +292,44 @@ def test_the_report_and_the_readme_block_come_from_the_results(reproduced):
     assert readme.read_text().startswith("intro\n") and readme.read_text().endswith("outro\n")
 
 
+def test_a_per_step_metric_gets_a_panel_per_condition_and_the_runs_figures_are_shown(tmp_path):
+    """``by_step`` draws one panel per test condition (each model's mean at every step, its interval, the
+    condition's reference and the switch to the model's own predictions); ``run_figures`` are shown from
+    each model's first seed where the run has them; a malformed ``by_step`` is refused by name."""
+    import matplotlib.image
+
+    preset = tmp_path / "tiny-adding.yaml"
+    preset.write_text(yaml.safe_dump(TINY_ADDING))
+    experiment = {
+        "name": "frames", "preset": str(preset), "models": {"lstm": ["model.core.kind=lstm"], "brims": []},
+        "better": "lower", "curve": "val/mse", "pairs": [["brims", "lstm"]],
+        "conditions": [{"label": "error, a", "path": "condition.a.mean_error"}],
+        "by_step": {"metric": "per_step", "label": "error", "reference": "constant", "switch": "read_steps"},
+        "run_figures": ["strip.png", "rollout.gif"],
+    }
+    suite = parse_suite("frames", {"title": "t", "question": "q", "seeds": [0, 1], "experiments": [experiment]})
+    results = tmp_path / "results"
+    for model, offset in (("lstm", 1.0), ("brims", 0.0)):
+        for seed in (0, 1):
+            folder = results / "frames" / model / f"seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "config.yaml").write_text("{}")
+            conditions = {name: {"per_step": [offset + seed + step for step in range(4)], "constant": 9.0,
+                                 "mean_error": offset + seed} for name in ("a", "b", "c")}
+            (folder / "metrics.json").write_text(json.dumps({"condition": conditions, "read_steps": 2, "parameters": 10}))
+            if seed == 0 and model == "brims":
+                (folder / "strip.png").write_bytes(b"png")
+    report = write_report(suite, results).read_text()
+    image = matplotlib.image.imread(results / "frames" / "by_step.png")
+    assert image.shape[1] > 2 * image.shape[0]  # three panels side by side (one is about square)
+    assert "![by_step](frames/by_step.png)" in report
+    assert "brims, seed 0: ![strip](frames/brims/seed0/strip.png)" in report
+    assert "lstm, seed 0:" not in report  # it has none of the run figures
+    experiment["by_step"] = {"metric": "per_step"}
+    with pytest.raises(ConfigError, match="frames, by_step: a mapping with metric and label"):
+        parse_suite("frames", {"title": "t", "question": "q", "seeds": [0], "experiments": [experiment]})
+
+
 # ---- the README against results/ -----------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -491,6 +492,44 @@ def plot_generalisation(experiment: Experiment, found: dict[str, list[RunResult]
     return path
 
 
+def plot_by_step(experiment: Experiment, found: dict[str, list[RunResult]], path: Path) -> Path | None:
+    """The experiment's per-step metric (:class:`ByStep`), one panel per test condition: each model's
+    mean over seeds at every step with its 95% interval, the condition's reference level (mean over the
+    runs) and the step where the model starts to read its own predictions."""
+    spec = experiment.by_step
+    runs = [r for model_runs in found.values() for r in model_runs]
+    if spec is None or not runs:
+        return None
+    import matplotlib.pyplot as plt
+
+    conditions = list(runs[0].metrics[spec.conditions])
+    figure, axes = plt.subplots(1, len(conditions), figsize=(3.3 * len(conditions), 3.4), sharey=True, squeeze=False)
+    for axis, condition in zip(axes[0], conditions):
+        for model, model_runs in found.items():
+            if not model_runs:
+                continue
+            per_seed = [r.metrics[spec.conditions][condition][spec.metric] for r in model_runs]
+            at_step = [Estimate.of(list(values)) for values in zip(*per_seed)]
+            steps = range(1, len(at_step) + 1)
+            line, = axis.plot(steps, [e.mean for e in at_step], label=f"{model} (n={len(model_runs)})")
+            if len(model_runs) > 1:
+                axis.fill_between(steps, [e.low for e in at_step], [e.high for e in at_step], alpha=0.2,
+                                  color=line.get_color())
+        if spec.reference:
+            level = statistics.mean(r.metrics[spec.conditions][condition][spec.reference] for r in runs)
+            axis.axhline(level, color="grey", linestyle=":", label=spec.reference_label or spec.reference)
+        if spec.switch:
+            axis.axvline(runs[0].metrics[spec.switch] + 0.5, color="black", linewidth=0.8, linestyle="--",
+                         label=spec.switch_label or spec.switch)
+        axis.set_title(condition, fontsize=9)
+        axis.set_xlabel(spec.step_label)
+    axes[0][0].set_ylabel(spec.label)
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(f"{experiment.name}: mean over seeds, band: its 95% interval", fontsize=9)
+    save_figure(figure, path)
+    return path
+
+
 def readme_block(suite: Suite, results: Path) -> str:
     """What the README shows of a suite: each experiment's table and verdicts, generated from results."""
     parts = []
@@ -579,15 +618,17 @@ def write_report(suite: Suite, results: Path) -> Path:
         if experiment.note:
             lines += [experiment.note, ""]
         lines += [experiment_table(suite, experiment, found), ""]
-        for kind, plot in (("learning", plot_learning_curves), ("generalisation", plot_generalisation)):
+        for kind, plot in (("learning", plot_learning_curves), ("generalisation", plot_generalisation),
+                           ("by_step", plot_by_step)):
             figure = plot(experiment, found, results / experiment.name / f"{kind}.png")
             if figure is not None:
                 lines += [f"![{kind}]({experiment.name}/{kind}.png)", ""]
         for model, runs in found.items():
-            activity = runs[0].folder / "module_activity.png" if runs else None
-            if activity is not None and activity.is_file():
-                lines += [f"Module activity, {model} seed {runs[0].seed}: "
-                          f"![{model}]({activity.relative_to(results).as_posix()})", ""]
+            shown = [runs[0].folder / name for name in experiment.run_figures] if runs else []
+            shown = [figure for figure in shown if figure.is_file()]
+            if shown:
+                lines += [f"{model}, seed {runs[0].seed}: " + " ".join(
+                    f"![{figure.stem.replace('_', ' ')}]({figure.relative_to(results).as_posix()})" for figure in shown), ""]
         lines += ["Commands (seed `k` of the seeds above; `brims reproduce` runs them, one thread each):", ""]
         for model, overrides in experiment.models.items():
             options = " ".join([*experiment.overrides, *overrides, "train.seed=k", "train.threads=1"])

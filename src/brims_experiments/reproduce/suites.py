@@ -40,6 +40,23 @@ CLAIM_KINDS = ("better", "parity", "none")
 
 
 @dataclass(frozen=True)
+class ByStep:
+    """A figure of a per-step metric, one panel per test condition: ``metrics.json[conditions][<name>][metric]``
+    is a list with one value per step (e.g. the error of each predicted frame); ``reference`` is a value of
+    the same condition drawn as a line (e.g. the constant predictor's error); ``switch``, a key of
+    ``metrics.json``, the number of steps after which the model reads its own predictions."""
+
+    metric: str
+    label: str
+    conditions: str = "condition"
+    reference: str | None = None
+    reference_label: str = ""
+    switch: str | None = None
+    switch_label: str = ""
+    step_label: str = "step"
+
+
+@dataclass(frozen=True)
 class Claim:
     """``model`` does better than ``baseline`` on ``condition`` (a label of the experiment's
     conditions), or, of kind ``parity``, neither does better."""
@@ -69,6 +86,8 @@ class Experiment:
     claims: tuple[Claim, ...]  # every pair on every such condition, in pair order
     minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
     note: str
+    by_step: ByStep | None = None  # a per-step metric's figure, per condition
+    run_figures: tuple[str, ...] = ("module_activity.png",)  # shown from each model's first seed, where it has them
 
     def better_of(self, label: str) -> str:
         """Whether lower or higher is better for the condition ``label``."""
@@ -115,6 +134,15 @@ def _strings(where: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _by_step(where: str, raw: Any) -> ByStep | None:
+    if raw is None:
+        return None
+    fields = set(ByStep.__dataclass_fields__)
+    require(isinstance(raw, dict) and {"metric", "label"} <= set(raw) and set(raw) <= fields,
+            f"{where}, by_step: a mapping with metric and label, and optionally {', '.join(sorted(fields - {'metric', 'label'}))}")
+    return ByStep(**raw)
+
+
 def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
     from brims_experiments.train.commands import resolve_config
 
@@ -157,7 +185,8 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
             curve_label=item.get("curve_label", item["curve"]), generalisation=item.get("generalisation"),
             generalisation_metric=item.get("generalisation_metric"), chance=item.get("chance"),
             curve_chance=item.get("curve_chance"), pairs=pairs, claims=claims, minutes=minutes,
-            note=item.get("note", "").strip(),
+            note=item.get("note", "").strip(), by_step=_by_step(where, item.get("by_step")),
+            run_figures=_strings(f"{where}, run_figures", item.get("run_figures", ["module_activity.png"])),
         ))
     require(experiments, f"suite {name}: no experiments")
     jobs = raw.get("jobs", 1)
