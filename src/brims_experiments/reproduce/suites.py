@@ -9,7 +9,9 @@ validation column its learning curves plot, and the comparisons it declares: pai
 claim at the training condition; or ``none`` with ``why``). The claims are every pair on every
 condition that claims something, declared before the runs: the report judges all of them, so that no
 column can be left out after the results are seen. Every model of an experiment gets the same
-seeds, budget and data order.
+seeds, budget and data order. Figures: learning curves of ``curve`` (with ``curve_chance``, the
+plateau measured), test metric against length (``generalisation``), a per-step metric per test
+condition (``by_step``, :class:`ByStep`), and each model's first-seed run figures (``run_figures``).
 """
 
 from __future__ import annotations
