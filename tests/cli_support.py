@@ -42,6 +42,14 @@ def cli_command(*argv: str) -> list[str]:
     return [sys.executable, "-m", "brims_experiments.cli", *argv]
 
 
+def start_cli(*argv: str, **popen) -> subprocess.Popen:
+    """``brims ARGV...`` as a process that takes Ctrl-C as from a terminal, also where these tests run
+    with SIGINT ignored (a shell's background job; a child inherits it, and Python then never raises
+    KeyboardInterrupt)."""
+    return subprocess.Popen(cli_command(*argv), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **popen)
+
+
 def kill_training(argv: list[str], run_dir: Path, min_step: int, timeout: float = 120) -> int:
     """Start ``brims ARGV...`` as a process, SIGKILL it once ``last.ckpt`` in ``run_dir`` holds
     ``min_step`` steps or more, and return the step of the checkpoint it left."""

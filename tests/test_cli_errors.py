@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_support import brims, cli_command
+from cli_support import brims, cli_command, start_cli
 from test_language_model import documents, lm_config
 
 from brims_experiments.data.corpora import prepare_corpus
@@ -49,15 +49,14 @@ def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 def interrupt(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> str:
-    """Send Ctrl-C (SIGINT) to ``process`` once ``ready()``; its stderr after it stopped. It stops in
-    seconds on a quiet machine; the wait allows for a machine busy with other tests and runs."""
+    """Send Ctrl-C (SIGINT) to ``process`` once ``ready()``; its stderr after it stopped."""
     try:
         deadline = time.monotonic() + timeout
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert process.poll() is None, process.stderr.read()
         os.kill(process.pid, signal.SIGINT)
-        return process.communicate(timeout=240)[1]
+        return process.communicate(timeout=120)[1]
     finally:
         if process.poll() is None:
             process.kill()
@@ -171,10 +170,9 @@ def test_rl_without_the_rl_extra_says_what_to_install(tmp_path):
 
 def test_ctrl_c_during_an_rl_run_stops_cleanly_and_says_how_to_resume(tmp_path):
     run = tmp_path / "rl"
-    process = subprocess.Popen(
-        cli_command("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set",
-                    "ppo.total_steps=1000000", "env.num_envs=2", "train.threads=1", "train.checkpoint_every=1"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_cli("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set",
+                        "ppo.total_steps=1000000", "env.num_envs=2", "train.threads=1", "train.checkpoint_every=1",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     stderr = interrupt(process, (run / "checkpoints" / "last.ckpt").is_file)
     assert process.returncode == 130
     assert "Traceback" not in stderr, stderr
@@ -251,10 +249,9 @@ def test_ctrl_c_during_a_supervised_run_stops_cleanly_and_says_how_to_resume(tmp
     run = tmp_path / "run"
     budget = {"epochs": 1000} if phase == "training" else {"epochs": 1}
     big_test = ["data.test_sequences=200000"] if phase == "testing" else []
-    process = subprocess.Popen(
-        cli_command("train", str(adding_config(tmp_path, **budget)), "--run-dir", str(run), "--no-progress",
-                    "--set", *big_test, "data.eval_batch_size=16"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_cli("train", str(adding_config(tmp_path, **budget)), "--run-dir", str(run), "--no-progress",
+                        "--set", *big_test, "data.eval_batch_size=16",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     train_time = run / "train_time.json"  # its session entry ends just before the test phase starts
 
     def ready() -> bool:

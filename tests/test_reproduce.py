@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -252,6 +253,32 @@ def test_an_interrupted_session_stops_its_runs_and_is_recorded_so(tmp_path, monk
                 say=lambda _: None, record=lambda session: records.append(dict(session)))
     assert len(started) == 2 and all(process.poll() is not None for process in started)
     assert records[-1]["ended"] == "interrupted"
+
+
+def test_a_run_takes_ctrl_c_even_where_the_runner_ignores_it(tmp_path):
+    """A shell starts a script's background jobs with SIGINT ignored, and a child inherits that: the
+    runner's runs must not, since the runner stops them with SIGINT (else it would wait on them forever)."""
+    import signal
+
+    from brims_experiments.reproduce import runner
+
+    def ignored(pid: int) -> bool:  # SIGINT's bit in the process's mask of ignored signals (Linux)
+        status = Path(f"/proc/{pid}/status").read_text()
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), 16)
+        return bool(mask & (1 << (signal.SIGINT - 1)))
+
+    suite = tiny_suite(tmp_path)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert ignored(os.getpid())
+        process = runner._launch(plan(suite, tmp_path / "runs", tmp_path / "results")[0], "new")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    try:
+        assert not ignored(process.pid)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_reproduce_again_skips_the_finished_runs(reproduced):

@@ -130,6 +130,13 @@ def machine() -> dict[str, Any]:
             "lightning": lightning.__version__, "brims": brims.__version__}
 
 
+def _take_ctrl_c() -> None:
+    """Run in a run's process before it starts: SIGINT stops it cleanly (it saves and exits), also where
+    this runner was started with SIGINT ignored, as a shell starts a script's background jobs: the
+    runner stops its runs with SIGINT, and an ignored SIGINT would leave it waiting on them forever."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
     """Start the run's ``brims train`` process, its output appended to ``<run folder>.log``."""
     command = [sys.executable, "-m", "brims_experiments.cli", "train"]
@@ -141,7 +148,8 @@ def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
         output.write(f"\n$ {shlex.join(command)}\n")
         output.flush()
         # Its own process group: Ctrl-C reaches it once, from us, so that it saves and stops cleanly.
-        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_take_ctrl_c)
 
 
 def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print,
