@@ -639,8 +639,11 @@ def write_report(suite: Suite, results: Path) -> Path:
         if times:
             lines.append("Wall time per run (train + test), minutes: " + ", ".join(
                 f"{model} s{seed} {seconds / 60:.1f}" for model, seed, seconds in times) + ".")
-            lines.append(f"CPU-hours of the experiment: {sum(t for _, _, t in times) / 3600:.1f} (its {len(times)} "
-                         "runs, one thread each).")
+            total = sum(t for _, _, t in times)
+            tested = sum(float(r.metrics.get("test_seconds", 0.0)) for runs in found.values() for r in runs)
+            share = f", {100 * tested / total:.0f}% of it testing" if total > 0 else ""
+            lines.append(f"CPU-hours of the experiment: {total / 3600:.1f} (its {len(times)} runs, one thread "
+                         f"each){share}.")
             lines.append("")
     lines += ["## What the verdicts say", "", *verdict_summary(suite, results)[2:], ""]
     if sessions:
