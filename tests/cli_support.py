@@ -47,7 +47,7 @@ def start_cli(*argv: str, **popen) -> subprocess.Popen:
     with SIGINT ignored (a shell's background job; a child inherits it, and Python then never raises
     KeyboardInterrupt)."""
     return subprocess.Popen(cli_command(*argv), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            **popen)
+                            **popen)  # noqa: PLW1509 (started from the test's only thread)
 
 
 def kill_training(argv: list[str], run_dir: Path, min_step: int, timeout: float = 120) -> int:

@@ -148,8 +148,9 @@ def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
         output.write(f"\n$ {shlex.join(command)}\n")
         output.flush()
         # Its own process group: Ctrl-C reaches it once, from us, so that it saves and stops cleanly.
+        # preexec_fn is safe here: the runner starts its runs from its only thread.
         return subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_take_ctrl_c)
+                                preexec_fn=_take_ctrl_c)  # noqa: PLW1509
 
 
 def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print,
