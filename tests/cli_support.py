@@ -46,8 +46,11 @@ def start_cli(*argv: str, **popen) -> subprocess.Popen:
     """``brims ARGV...`` as a process that takes Ctrl-C as from a terminal, also where these tests run
     with SIGINT ignored (a shell's background job; a child inherits it, and Python then never raises
     KeyboardInterrupt)."""
-    return subprocess.Popen(cli_command(*argv), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            **popen)  # noqa: PLW1509 (started from the test's only thread)
+    def take_ctrl_c() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    # preexec_fn is safe here: the tests start these processes from their only thread.
+    return subprocess.Popen(cli_command(*argv), preexec_fn=take_ctrl_c, **popen)  # noqa: PLW1509
 
 
 def kill_training(argv: list[str], run_dir: Path, min_step: int, timeout: float = 120) -> int:
