@@ -139,7 +139,7 @@ class BRIMs(nn.Module):
         state = self.cell.check_state(state, x.shape[1], x)
         if self.compiled is None:
             # unbind, not x[t]: indexing makes backward O(T^2)
-            output, state, diagnostics = run_steps(self.cell, x.unbind(0), state, return_diagnostics)
+            output, state, diagnostics = run_steps(self.cell.step, x.unbind(0), state, return_diagnostics)
         else:
             output, state, diagnostics = self.compiled(x, state, return_diagnostics)
         if self.config.batch_first:
