@@ -64,12 +64,8 @@ class GroupedLSTMCell(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``x (n, B, I)``, ``h, c (n, B, m)`` → new ``(h, c)``."""
-        return self.finish(x, torch.bmm(h, self.weight_hh), h, c)
-
-    def finish(self, x: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """The step from the recurrent matmul ``hidden_gates = h W_hh (n, B, 4m)`` on (``h`` is unused)."""
-        m = c.shape[-1]
-        gates = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight_ih) + hidden_gates  # (n, B, 4m)
+        m = h.shape[-1]
+        gates = torch.baddbmm(self.bias.unsqueeze(1), x, self.weight_ih) + torch.bmm(h, self.weight_hh)  # (n, B, 4m)
         input_gate, forget_gate, output_gate = gates[..., : 3 * m].sigmoid().split(m, dim=-1)
         c_new = forget_gate * c + input_gate * gates[..., 3 * m :].tanh()
         return output_gate * c_new.tanh(), c_new
@@ -96,12 +92,9 @@ class GroupedGRUCell(nn.Module):
 
     def forward(self, x: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x (n, B, I)``, ``h (n, B, m)`` → ``(h', h')`` (``c`` is ignored)."""
-        return self.finish(x, torch.bmm(h, self.weight_hh), h, c)
-
-    def finish(self, x: Tensor, hidden_gates: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The step from the recurrent matmul ``hidden_gates = h W_hh (n, B, 3m)`` on."""
         m = h.shape[-1]
         input_gates = torch.baddbmm(self.bias_ih.unsqueeze(1), x, self.weight_ih)  # (n, B, 3m)
+        hidden_gates = torch.bmm(h, self.weight_hh)  # (n, B, 3m)
         reset, update = (input_gates[..., : 2 * m] + hidden_gates[..., : 2 * m]).sigmoid().split(m, dim=-1)
         candidate = (input_gates[..., 2 * m :] + reset * (hidden_gates[..., 2 * m :] + self.bias_hn.unsqueeze(1))).tanh()
         h_new = (1 - update) * candidate + update * h
