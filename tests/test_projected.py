@@ -22,7 +22,7 @@ def run(model, x, state, projected: bool):
     """Outputs, final state, diagnostics and the gradients of a loss of all of them with respect to
     the input, the initial state and every parameter."""
     x = x.clone().requires_grad_()
-    state = BRIMsState(tuple(h.clone().requires_grad_() for h in state.h), tuple(c.clone().requires_grad_() for c in state.c))
+    state = BRIMsState(*(tuple(t.clone().requires_grad_() for t in part) for part in state))
     torch.manual_seed(5)  # the same dropout masks
     if projected:
         gru = model.config.cell == "gru"
