@@ -78,7 +78,8 @@ def test_compile_step_gradients_match_eager(fresh_dynamo):
 def test_steps_per_call_changes_no_number(fresh_dynamo, cell, steps_per_call):
     """The compiled loop's chunks are an execution detail: through dynamo (its eager backend, so
     that no inductor compile is paid; the ops and their random draws are the eager ones) outputs,
-    state, diagnostics and gradients equal the plain loop's, in train mode (attention dropout on)."""
+    state, diagnostics and gradients equal the plain loop's, in train mode (attention dropout on),
+    up to the rounding of its input projected for the whole sequence (brims/backends/projected.py)."""
     config = make_config(cell, 3, top_down=True, communication=True)
     reference, model = build(config, train=True), build(config, train=True)
     model.compile_step(steps_per_call=steps_per_call, backend="eager")
@@ -91,8 +92,10 @@ def test_steps_per_call_changes_no_number(fresh_dynamo, cell, steps_per_call):
         grads = torch.autograd.grad(loss, [x, *run.parameters()])
         results.append((output, final, diagnostics, grads))
     (output, final, diagnostics, grads), (ref_output, ref_final, ref_diagnostics, ref_grads) = results
-    assert torch.equal(output, ref_output)
-    for a, b in zip(final.h + final.c + diagnostics.active, ref_final.h + ref_final.c + ref_diagnostics.active):
+    torch.testing.assert_close(output, ref_output, rtol=1e-12, atol=1e-12)  # the input projected at once: rounding
+    for a, b in zip(final.h + final.c, ref_final.h + ref_final.c):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for a, b in zip(diagnostics.active, ref_diagnostics.active):
         assert torch.equal(a, b)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -199,10 +202,10 @@ def test_compile_step_past_the_recompile_limit_raises_naming_what_varied(fresh_d
     x = torch.randn(4, 3, 8)
     with torch.no_grad():
         expected, _ = model(x)
-        with pytest.raises(Exception, match="input_requires_grad took False, True") as raised:
-            model(x.clone().requires_grad_())
+        with pytest.raises(Exception, match="batch took 3, 1") as raised:
+            model(x[:, :1])  # a batch of one is specialised: a second graph
         assert "the 4-step chunk on cpu (without grad, eval mode, diagnostics off)" in str(raised.value.__notes__)
-        assert "input_requires_grad took False, True" in caplog.text
+        assert "batch took 3, 1" in caplog.text
         assert torch.equal(model(x)[0], expected)
 
 

@@ -67,10 +67,15 @@ class InputAttention(nn.Module):
         Returns the attended input ``(n, B, A)`` and the head-averaged attention
         ``(n, B, 1 + S)``, null slot first.
         """
-        n, batch, _ = h.shape
+        return self.attend(self.query(h), self.slots(bottom_up, top_down))
+
+    def attend(self, queries: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention from the queries ``h W^Q (n, B, H*D)`` and the slots' keys and values
+        ``(B, S, H*D + A)`` on: the attended input ``(n, B, A)`` and the head-averaged attention
+        ``(n, B, 1 + S)``."""
+        n, batch, _ = queries.shape
         heads, key_size = self.heads, self.key_size
-        queries = self.query(h).view(n, batch, heads, 1, key_size)  # (n, B, H, 1, D)
-        slots = self.slots(bottom_up, top_down)  # (B, S, H*D + A)
+        queries = queries.view(n, batch, heads, 1, key_size)  # (n, B, H, 1, D)
         keys = slots[..., : heads * key_size].view(batch, -1, heads, key_size).transpose(1, 2)  # (B, H, S, D)
         values = slots[..., heads * key_size :].view(batch, -1, heads, self.attended_size // heads).transpose(1, 2)
         logits = (queries * keys).sum(dim=-1) / math.sqrt(key_size)  # (n, B, H, S)

@@ -204,17 +204,21 @@ class BRIMsCell(nn.Module):
         return self.layers[0].cell.weight_hh
 
 
+Step = Callable[[Tensor, BRIMsState], tuple[BRIMsState, BRIMsDiagnostics]]  # BRIMsCell.step's signature
+
+
 def run_steps(
-    cell: BRIMsCell, x_steps: Sequence[Tensor], state: BRIMsState, return_diagnostics: bool
+    step: Step, x_steps: Sequence[Tensor], state: BRIMsState, return_diagnostics: bool
 ) -> tuple[Tensor, BRIMsState, BRIMsDiagnostics | None]:
-    """The time loop: ``cell.step`` over ``x_steps`` (each ``(B, F)``) from ``state``.
+    """The time loop: ``step`` (:meth:`BRIMsCell.step`, or a backend's) over ``x_steps`` (each ``(B, F)``)
+    from ``state``.
 
     Returns the top layer's ``h`` at every step ``(K, B, hidden_L)``, the final state and, with
     diagnostics, per layer the active masks ``(K, B, n)`` and attention ``(K, B, n, 1 + S)``.
     """
     outputs, steps = [], []
     for x_t in x_steps:
-        state, diagnostics = cell.step(x_t, state)
+        state, diagnostics = step(x_t, state)
         outputs.append(state.h[-1])  # (B, hidden_L)
         if return_diagnostics:
             steps.append(diagnostics)

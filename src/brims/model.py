@@ -4,7 +4,8 @@ Dimension legend: T = time steps, B = batch, F = input features, n_l = modules o
 
 :class:`BRIMs` runs a :class:`~brims.cell.BRIMsCell` over a sequence with
 :func:`~brims.cell.run_steps`; ``compile_step()`` opts into the compiled backend
-(:mod:`brims.backends.compiled`), which runs the same steps. ``save_pretrained`` and
+(:mod:`brims.backends.compiled`), which runs the same steps with the input projected for the whole sequence
+(:mod:`brims.backends.projected`; equal up to float rounding). ``save_pretrained`` and
 ``from_pretrained`` write and read a folder of ``config.json`` and ``model.safetensors``
 (:mod:`brims.pretrained`).
 """
@@ -93,7 +94,8 @@ class BRIMs(nn.Module):
 
         The opt-in compiled backend, :class:`brims.backends.compiled.CompiledLoop` (see there for
         the defaults per device); ``compile_options`` go to ``torch.compile``. It computes the same
-        steps as the eager loop (tested). It compiles the torch backend: with ``backend="triton"``
+        steps as the eager loop, with the input's projection done for the whole sequence at once
+        (:mod:`brims.backends.projected`): the same numbers up to float rounding (tested). It compiles the torch backend: with ``backend="triton"``
         the steps are fused kernels already, and it refuses.
 
         What recompiles (each compile takes minutes on a CPU): the sequence length never (the steps
@@ -139,7 +141,7 @@ class BRIMs(nn.Module):
         state = self.cell.check_state(state, x.shape[1], x)
         if self.compiled is None:
             # unbind, not x[t]: indexing makes backward O(T^2)
-            output, state, diagnostics = run_steps(self.cell, x.unbind(0), state, return_diagnostics)
+            output, state, diagnostics = run_steps(self.cell.step, x.unbind(0), state, return_diagnostics)
         else:
             output, state, diagnostics = self.compiled(x, state, return_diagnostics)
         if self.config.batch_first:
