@@ -170,7 +170,30 @@ def everything_but_the_model_and_seed(config: dict) -> dict:
 def test_every_suite_has_three_seeds_and_a_claim_per_experiment(name):
     """With two seeds the interval's half-width is 12.7 standard errors (t with one degree of freedom)."""
     suite = load_suite(name)
-    assert len(suite.seeds) >= 3 and all(e.claims for e in suite.experiments)
+    assert all(len(e.seeds) >= 3 and e.claims for e in suite.experiments)
+
+
+def test_an_experiment_may_name_its_own_seeds(tmp_path):
+    """A costlier experiment runs fewer seeds than the suite's: its plan and its table count those; a
+    seed that is not an int is refused by name."""
+    preset = tmp_path / "tiny-adding.yaml"
+    preset.write_text(yaml.safe_dump(TINY_ADDING))
+    experiment = {"name": "adding", "preset": str(preset), "models": {"lstm": ["model.core.kind=lstm"], "brims": []},
+                  "better": "lower", "curve": "val/mse", "pairs": [["brims", "lstm"]],
+                  "conditions": [{"label": "MSE 5", "path": "length.5.mse"}]}
+    raw = {"title": "t", "question": "q", "seeds": [0, 1, 2, 3, 4],
+           "experiments": [experiment, {**experiment, "name": "costly", "seeds": [0, 1, 2]}]}
+    suite = parse_suite("two", raw)
+    runs = plan(suite, tmp_path / "runs", tmp_path / "results")
+    assert sorted({run.seed for run in runs if run.experiment.name == "adding"}) == [0, 1, 2, 3, 4]
+    assert sorted({run.seed for run in runs if run.experiment.name == "costly"}) == [0, 1, 2]
+    (tmp_path / "results").mkdir()
+    report = write_report(suite, tmp_path / "results").read_text()
+    assert "| lstm | 0 of 3 |" in report and "| lstm | 0 of 5 |" in report
+    assert "Seeds 0, 1, 2, 3, 4 for every model (but costly 0, 1, 2)" in report
+    raw["experiments"][1]["seeds"] = ["one"]
+    with pytest.raises(ConfigError, match="experiment costly: seeds must be a list of ints"):
+        parse_suite("two", raw)
 
 
 def test_quick_suite_is_estimated_to_leave_set_up_its_two_minutes_of_the_15():

@@ -26,7 +26,14 @@ from typing import Any
 
 from brims_experiments.figures import save_figure
 from brims_experiments.reproduce.suites import Claim, Experiment, Suite
-from brims_experiments.run_folder import CONFIG_FILE, LOG_FILE, METRICS_FILE, STEPS_COLUMN, TRAIN_TIME_FILE, read_log_rows
+from brims_experiments.run_folder import (
+    CONFIG_FILE,
+    LOG_FILE,
+    METRICS_FILE,
+    STEPS_COLUMN,
+    TRAIN_TIME_FILE,
+    read_log_rows,
+)
 
 # Two-sided 95% quantiles of Student's t, by degrees of freedom (the standard table).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -251,12 +258,12 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
     lines = ["| " + " | ".join(header) + " |", "|---|---:|---:|---:|---:|" + "---:|" * len(experiment.conditions)]
     for model, runs in found.items():
         if not runs:
-            lines.append(f"| {model} | 0 of {len(suite.seeds)} | - | - | - |" + " - |" * len(experiment.conditions))
+            lines.append(f"| {model} | 0 of {len(experiment.seeds)} | - | - | - |" + " - |" * len(experiment.conditions))
             continue
         trained = sorted({trained_steps(r.metrics) for r in runs})
         # An RL run is tested with its final policy: its "best step" is its last.
         best = sorted({r.metrics.get("global_step", trained_steps(r.metrics)) for r in runs})
-        cells = [model, f"{len(runs)} of {len(suite.seeds)}", "/".join(str(s) for s in trained),
+        cells = [model, f"{len(runs)} of {len(experiment.seeds)}", "/".join(str(s) for s in trained),
                  "/".join(str(s) for s in best), f"{runs[0].metrics['parameters']:,}"]
         cells += [table[(model, c.label)].format(c.scale) if (model, c.label) in table else f"no {c.path}"
                   for c in experiment.conditions]
@@ -607,8 +614,10 @@ def write_report(suite: Suite, results: Path) -> Path:
     record = json.loads((results / "suite.json").read_text()) if (results / "suite.json").is_file() else {}
     sessions = record.get("sessions", [])
     lines = [f"# Suite `{suite.name}`: {suite.title}", "", suite.question, ""]
+    own = [f"{e.name} {', '.join(map(str, e.seeds))}" for e in suite.experiments if e.seeds != suite.seeds]
     lines += [f"Reproduce: `brims reproduce {suite.name}` (resumable; `--dry-run` lists the runs). Seeds "
-              f"{', '.join(map(str, suite.seeds))} for every model; every model of an experiment has the same "
+              f"{', '.join(map(str, suite.seeds))} for every model" + (f" (but {'; '.join(own)})" if own else "") +
+              "; every model of an experiment has the same "
               "budget and data order; each supervised run's checkpoint is chosen on validation only (an RL run is "
               "tested with its final policy), and every test condition "
               "is scored from that one checkpoint.", ""]

@@ -69,7 +69,7 @@ def plan(suite: Suite, runs_root: Path, results_root: Path) -> list[PlannedRun]:
     of every model comes before the second seed of any, so an early stop still compares models."""
     runs = []
     for experiment in suite.experiments:
-        for seed in suite.seeds:
+        for seed in experiment.seeds:
             for model in experiment.models:
                 where = Path(suite.name) / experiment.name / model / f"seed{seed}"
                 runs.append(PlannedRun(experiment, model, seed, runs_root / where, results_root / where))

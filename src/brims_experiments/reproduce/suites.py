@@ -9,7 +9,8 @@ validation column its learning curves plot, and the comparisons it declares: pai
 claim at the training condition; or ``none`` with ``why``). The claims are every pair on every
 condition that claims something, declared before the runs: the report judges all of them, so that no
 column can be left out after the results are seen. Every model of an experiment gets the same
-seeds, budget and data order. Figures: learning curves of ``curve`` (with ``curve_chance``, the
+seeds (the suite's, or an experiment's own ``seeds`` where its runs cost more), budget and data
+order. Figures: learning curves of ``curve`` (with ``curve_chance``, the
 plateau measured), test metric against length (``generalisation``), a per-step metric per test
 condition (``by_step``, :class:`ByStep`), and each model's first-seed run figures (``run_figures``).
 """
@@ -88,6 +89,7 @@ class Experiment:
     claims: tuple[Claim, ...]  # every pair on every such condition, in pair order
     minutes: dict[str, float]  # estimated minutes per run of each model, on 2 cores (one thread)
     note: str
+    seeds: tuple[int, ...] = ()  # the suite's seeds unless the experiment names its own
     by_step: ByStep | None = None  # a per-step metric's figure, per condition
     run_figures: tuple[str, ...] = ("module_activity.png",)  # shown from each model's first seed, where it has them
 
@@ -181,13 +183,16 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
                                                                   for c in conditions),
                 f"{where}: better must be lower or higher")
         minutes = {model: float(item.get("minutes", {}).get(model, 5.0)) for model in models}
+        own_seeds = tuple(item.get("seeds", seeds))
+        require(len(own_seeds) >= 1 and all(isinstance(s, int) for s in own_seeds),
+                f"{where}: seeds must be a list of ints")
         experiments.append(Experiment(
             name=item["name"], preset=item["preset"], overrides=_strings(f"{where}, set", item.get("set", [])),
             models=models, conditions=conditions, better=item["better"], curve=item["curve"],
             curve_label=item.get("curve_label", item["curve"]), generalisation=item.get("generalisation"),
             generalisation_metric=item.get("generalisation_metric"), chance=item.get("chance"),
             curve_chance=item.get("curve_chance"), pairs=pairs, claims=claims, minutes=minutes,
-            note=item.get("note", "").strip(), by_step=_by_step(where, item.get("by_step")),
+            note=item.get("note", "").strip(), seeds=own_seeds, by_step=_by_step(where, item.get("by_step")),
             run_figures=_strings(f"{where}, run_figures", item.get("run_figures", ["module_activity.png"])),
         ))
     require(experiments, f"suite {name}: no experiments")
