@@ -46,7 +46,7 @@ def _check_registered(env_id: str) -> None:
     not know. Without the RL packages the check waits for the environment's construction, which then
     says what to install."""
     try:
-        from brims_experiments.rl.envs import check_env_id  # imports gymnasium
+        from brims_experiments.rl.registry import check_env_id  # imports gymnasium
     except ModuleNotFoundError:
         return
     check_env_id(env_id)

@@ -14,7 +14,6 @@ with an :class:`EnvError` naming the space.
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -22,30 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from brims_experiments.config_files import ConfigError
+from brims_experiments.rl.registry import EnvError, UnknownEnvError, check_env_id  # noqa: F401 (EnvError: re-exported)
 
-if TYPE_CHECKING:  # for annotations only: rl.config asks this module whether an id is registered
+if TYPE_CHECKING:  # for annotations only
     from brims_experiments.rl.config import EnvConfig
 
 log = logging.getLogger(__name__)
 MINIGRID_SCALE = np.array([10.0, 5.0, 2.0], dtype=np.float32)  # highest object, colour and state index
-
-
-class EnvError(ValueError):
-    """An environment is unknown or has spaces the agent does not support."""
-
-
-class UnknownEnvError(EnvError, ConfigError):
-    """``env.id`` is no registered gymnasium id: an environment error and a config error (refused when
-    the config is read, before any other ``env`` option is checked)."""
-
-
-def _register_families() -> None:
-    """Make the Atari (``ALE/...``) and MiniGrid ids known to gymnasium's registry."""
-    import ale_py
-    import minigrid  # noqa: F401  (importing registers the MiniGrid ids)
-
-    gym.register_envs(ale_py)
 
 
 class HiddenVelocity(gym.ObservationWrapper):
@@ -86,16 +68,6 @@ class PooledFrame(gym.ObservationWrapper):
         h, w = self.observation_space.shape
         blocks = observation[: 2 * h, : 2 * w].reshape(h, 2, w, 2).astype(np.uint16)
         return (blocks.sum(axis=(1, 3)) // 4).astype(np.uint8)  # (105, 80)
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise :class:`UnknownEnvError` for an id gymnasium does not know (with the closest known ids)."""
-    _register_families()
-    if env_id in gym.envs.registry:
-        return
-    close = difflib.get_close_matches(env_id, list(gym.envs.registry), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; e.g. CartPole-v1, MiniGrid-MemoryS7-v0, ALE/Pong-v5"
-    raise UnknownEnvError(f"env.id {env_id!r} is not a registered gymnasium environment{hint}")
 
 
 def make_env(config: EnvConfig) -> gym.Env:
