@@ -116,6 +116,12 @@ class BRIMsLayer(nn.Module):
 
         # 1-2. Input attention over the slots [null, bottom-up, top-down].
         attended, attention = self.input_attention(h, bottom_up, top_down)  # (n, B, A), (n, B, 1 + S)
+        return self.update(h, c, attended, attention)
+
+    def update(self, h: Tensor, c: Tensor, attended: Tensor, attention: Tensor) -> LayerStep:
+        """Steps 3-6 from the input attention's result: the module-first state ``h, c (n, B, m)``, the
+        attended input ``(n, B, A)`` and the attention ``(n, B, 1 + S)``, null slot first."""
+        batch = h.shape[1]
 
         # 3. Competition: a hard, per-example choice that carries no gradient.
         active = select_top_k(attention[..., 0], self.top_k)  # (n, B)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from brims.cell import BRIMsCell, BRIMsDiagnostics, BRIMsState
-from brims.layer import BRIMsLayer, LayerStep, select_top_k
+from brims.layer import BRIMsLayer, LayerStep
 
 
 def project_input(cell: BRIMsCell, x: Tensor) -> Tensor:
@@ -46,15 +46,7 @@ def layer_step(layer: BRIMsLayer, h: Tensor, c: Tensor, bottom_up_slot: Tensor, 
 
     slots = [bottom_up_slot] if attention.top_down is None else [bottom_up_slot, attention.top_down(top_down)]
     attended, probs = attention.attend(attention.query(h), torch.stack(slots, dim=1))  # (n, B, A), (n, B, 1 + S)
-    active = select_top_k(probs[..., 0], layer.top_k)  # (n, B)
-    keep = active.unsqueeze(-1)  # (n, B, 1)
-    h_proposed, c_proposed = layer.cell(attended, h, c)  # (n, B, m) each
-    if layer.communication is not None:
-        h_read = torch.where(keep, h_proposed, h.detach())  # (n, B, m)
-        h_proposed = h_proposed + layer.communication(h_read)
-    h_new = torch.where(keep, h_proposed, h).transpose(0, 1).reshape(batch, -1)  # (B, n*m)
-    c_new = h_new if layer.is_gru else torch.where(keep, c_proposed, c).transpose(0, 1).reshape(batch, -1)
-    return LayerStep(h_new, c_new, active.t(), probs.transpose(0, 1))
+    return layer.update(h, c, attended, probs)
 
 
 def cell_step(cell: BRIMsCell, x_slot: Tensor, state: BRIMsState) -> tuple[BRIMsState, BRIMsDiagnostics]:
