@@ -153,6 +153,9 @@ def test_malformed_override(assignment):
         (["data.dataset=svhn"], "data.dataset"),
         (["data.noise=[salt-0.1]"], "data.noise"),
         (["train.lr=0"], "train.lr"),
+        (["train.lr_schedule=linear"], "train.lr_schedule"),
+        (["train.lr_schedule=cosine", "train.lr_final_fraction=1.5"], "train.lr_final_fraction"),
+        (["train.lr_final_fraction=0.1"], "train.lr_final_fraction"),  # read by the cosine schedule only
         (["train.epochs=two"], "train.epochs"),
         (["train.epochs=0"], "train.epochs"),
         (["data.test_limit=-1"], "data.test_limit"),

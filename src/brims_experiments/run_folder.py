@@ -105,12 +105,17 @@ def amend_run_config(run_dir: Path, overrides: list[str], load: Callable[..., An
             values = values[part]
         return values
 
+    schedule = before.get("train", {}).get("lr_schedule", "constant")
     lines = []
     for name in changed:
         old, new = value(before, name), value(after, name)
         limit = (lambda steps: steps or math.inf) if name == "train.max_steps" else (lambda amount: amount)
         if name in BUDGET_FIELDS and limit(new) < limit(old):
             raise ConfigError(f"{name}={new} would shrink the budget of {run_dir} ({old}); a resume only extends it")
+        if name in BUDGET_FIELDS and schedule != "constant":
+            raise ConfigError(f"{name}={new} would extend {run_dir}, whose train.lr_schedule={schedule} was fixed by "
+                              f"its budget ({old}): the longer run would decay differently from its first step; "
+                              "start a new run (--run-dir) with the longer budget instead")
         lines.append(f"{name}: {old} -> {new}")
     if changed:
         atomic_write_text(saved, amended.to_yaml())

@@ -36,6 +36,7 @@ from brims_experiments.config_files import (
 from brims_experiments.experiments import DEFAULT, experiment
 from brims_experiments.run_folder import check_logger
 from brims_experiments.tasks.cores import CoreConfig
+from brims_experiments.train.schedule import SCHEDULES
 
 
 def is_int(value: Any) -> bool:
@@ -95,6 +96,9 @@ class TrainConfig:
     validate_every: steps between validations (0: once per epoch).
     accelerator, devices, strategy, precision: passed to the Lightning ``Trainer``.
     threads: CPU threads for torch (0: torch's default).
+    lr_schedule: ``constant`` (the papers') or ``cosine``: a decay from ``lr`` to ``lr * lr_final_fraction``
+        over the budget (:mod:`brims_experiments.train.schedule`).
+    lr_final_fraction: cosine only: the learning rate of the budget's last step as a fraction of ``lr``.
     logger: ``csv`` (``logs/metrics.csv``, always written) or ``tensorboard`` (also TensorBoard
         event files in ``logs/tensorboard``).
     """
@@ -102,6 +106,8 @@ class TrainConfig:
     epochs: int = 100
     max_steps: int = 0
     lr: float = 1e-3
+    lr_schedule: str = "constant"
+    lr_final_fraction: float = 0.0
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_every: int = 100
@@ -117,6 +123,13 @@ class TrainConfig:
         positive_int("train.epochs", self.epochs)
         int_at_least("train.max_steps", self.max_steps, 0, " (0: no limit)")
         require(is_number(self.lr) and self.lr > 0, f"train.lr must be a number > 0, got {self.lr!r}")
+        require(self.lr_schedule in SCHEDULES,
+                f"train.lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        require(is_number(self.lr_final_fraction) and 0 <= self.lr_final_fraction <= 1,
+                f"train.lr_final_fraction must be a number in [0, 1], got {self.lr_final_fraction!r}")
+        require(self.lr_schedule == "cosine" or self.lr_final_fraction == 0,
+                f"train.lr_final_fraction={self.lr_final_fraction} is read by train.lr_schedule=cosine only "
+                f"(this run's schedule is {self.lr_schedule})")
         require(is_number(self.grad_clip) and self.grad_clip >= 0,
                 f"train.grad_clip must be a number >= 0 (0: off), got {self.grad_clip!r}")
         int_at_least("train.seed", self.seed, 0)

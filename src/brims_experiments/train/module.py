@@ -1,4 +1,5 @@
-"""The Lightning module every task trains with: the task's model, loss and metrics; Adam."""
+"""The Lightning module every task trains with: the task's model, loss and metrics; Adam and its
+learning-rate schedule (:mod:`brims_experiments.train.schedule`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 from torch import Tensor
 
 from brims_experiments.checkpoints import FORMAT_KEY, FORMAT_VERSION
+from brims_experiments.config_files import ConfigError
 from brims_experiments.train.config import ExperimentConfig
+from brims_experiments.train.schedule import learning_rate_factor
 from brims_experiments.train.tasks import Task, make_task
 
 
@@ -43,7 +46,24 @@ class ExperimentModule(L.LightningModule):
             self.log(f"{stage}/{name}", value, **options)
         return loss
 
+    def on_train_start(self) -> None:
+        self.total_steps = self.trainer.estimated_stepping_batches
+        if self.config.train.lr_schedule != "constant" and not 0 < self.total_steps < float("inf"):
+            raise ConfigError(f"train.lr_schedule={self.config.train.lr_schedule} needs a budget of known length; "
+                              "this task's epochs have no length: set train.max_steps")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The rate follows from the step alone (restored exactly on resume), not from a scheduler's
+        # state: a checkpoint saved at the end of a batch precedes Lightning's scheduler step.
+        train = self.config.train
+        rate = train.lr * learning_rate_factor(train.lr_schedule, self.trainer.global_step, self.total_steps,
+                                               train.lr_final_fraction)
+        for group in self.optimizers().param_groups:
+            group["lr"] = rate
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        if self.config.train.lr_schedule != "constant":
+            self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return self._step(batch, "train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
