@@ -43,14 +43,14 @@ TINY_ADDING = {
 }
 
 
-def tiny_suite(tmp_path: Path):
+def tiny_suite(tmp_path: Path, minutes: dict[str, float] | None = None):
     preset = tmp_path / "tiny-adding.yaml"
     preset.write_text(yaml.safe_dump(TINY_ADDING))
     return parse_suite("tiny", {
         "title": "tiny", "question": "Does the harness run?", "seeds": [0, 1], "jobs": 2,
         "experiments": [{
             "name": "adding", "preset": str(preset), "set": ["data.test_lengths=[10]"],
-            "models": {"lstm": ["model.core.kind=lstm"], "brims": []},
+            "models": {"lstm": ["model.core.kind=lstm"], "brims": []}, "minutes": minutes or {},
             "better": "lower", "curve": "val/mse", "generalisation": "length", "generalisation_metric": "mse",
             "conditions": [{"label": "MSE 5", "path": "length.5.mse", "claim": "none", "why": "too easy to tell"},
                            {"label": "MSE 10", "path": "length.10.mse"}],
@@ -308,6 +308,29 @@ def test_reproduce_again_skips_the_finished_runs(reproduced):
     suite, runs, _, tmp_path, _ = reproduced
     session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
     assert set(session["runs"].values()) == {"finished before"}
+
+
+def test_a_time_limit_starts_only_the_runs_that_fit_and_leaves_the_rest_for_later(tmp_path):
+    suite = tiny_suite(tmp_path, minutes={"lstm": 0.5, "brims": 600})
+    said = []
+    session = execute(suite, plan(suite, tmp_path / "runs", tmp_path / "results"), keep_results=False, jobs=2,
+                      say=said.append, minutes=30)
+    assert session["runs"] == {"adding/lstm/seed0": "finished", "adding/lstm/seed1": "finished",
+                               "adding/brims/seed0": "left for later", "adding/brims/seed1": "left for later"}
+    assert not (tmp_path / "runs" / "tiny" / "adding" / "brims").exists()  # never started, so nothing half-trained
+    assert "  left for later: adding/brims/seed1 (~600 min, more than the 30-min limit had left)" in said
+    assert session["ended"] is True
+
+
+def test_only_selects_runs_by_name_and_a_pattern_that_matches_none_is_one_message(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert brims("reproduce", "quick", "--dry-run", "--runs", str(out), "--only", "adding/lstm/*",
+                 "--only", "*/brims/seed2") == 0
+    listed = re.findall(r"^\s+new  (\S+)", capsys.readouterr().out, flags=re.MULTILINE)
+    assert listed == ["adding/lstm/seed0", "adding/lstm/seed1", "adding/lstm/seed2", "adding/brims/seed2"]
+    assert brims("reproduce", "quick", "--dry-run", "--runs", str(out), "--only", "adding/transformer/*") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--only adding/transformer/* matches no run of the suite" in err
 
 
 def test_results_alone_count_as_finished_only_when_asked(reproduced):

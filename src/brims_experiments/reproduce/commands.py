@@ -32,6 +32,14 @@ def add_commands(commands: Any) -> None:
     reproduce.add_argument("--keep-results", action="store_true",
                            help="count runs already in --results with the same config as finished (to continue a "
                            "suite on another machine); without it every run not finished under --runs is run")
+    reproduce.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                           help="run only the runs whose name (experiment/model/seed<k>, as --dry-run lists them) "
+                           "matches this shell-style pattern, e.g. 'balls/rims/*' or '*/seed0'; repeatable. The report "
+                           "still covers every finished run")
+    reproduce.add_argument("--minutes", type=float, metavar="M",
+                           help="start a run only if its estimate (--dry-run shows it) ends within M minutes, so "
+                           "that nothing is left half-trained when a working session ends; the rest is listed as "
+                           "left for later")
     reproduce.add_argument("--readme", help="also rewrite this README's generated block of the suite")
     reproduce.set_defaults(handler=run_reproduce, command_parser=reproduce)
 
@@ -71,6 +79,7 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         fetches_needed,
         plan,
         record_session,
+        select,
         status,
     )
     from brims_experiments.reproduce.suites import load_suite
@@ -79,8 +88,10 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     jobs = args.jobs if args.jobs is not None else suite.jobs
     if jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes:g}")
     results = Path(args.results) / suite.name
-    runs = plan(suite, Path(args.runs), Path(args.results))
+    runs = select(plan(suite, Path(args.runs), Path(args.results)), args.only)
     if args.dry_run:
         states = {run.name: status(run, args.keep_results) for run in runs}
         print(f"suite {suite.name}: {suite.title}")
@@ -98,13 +109,15 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     _check_readme(args.readme, suite.name, parser)
     args.run_folder = None
     try:
-        session = execute(suite, runs, args.keep_results, jobs, record=lambda record: record_session(results, record))
+        session = execute(suite, runs, args.keep_results, jobs, record=lambda record: record_session(results, record),
+                          minutes=args.minutes)
     except KeyboardInterrupt:
         if args.debug:
             raise
         again = ["brims", "reproduce", suite.name, "--runs", args.runs, "--results", args.results]
         again += ["--keep-results"] if args.keep_results else []
         again += ["--jobs", str(args.jobs)] if args.jobs is not None else []
+        again += [item for pattern in args.only for item in ("--only", pattern)]
         print(f"suite {suite.name}: interrupted; the runs keep their last checkpoints, and `{shlex.join(again)}` "
               "resumes them", file=sys.stderr)
         return 130
@@ -114,8 +127,10 @@ def run_reproduce(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     print()
     print(readme_block(suite, results))
     failed = [name for name, outcome in session["runs"].items() if outcome.startswith("failed")]
+    later = [name for name, outcome in session["runs"].items() if outcome == "left for later"]
     print(f"suite {suite.name}: {session['wall_seconds'] / 60:.1f} min"
-          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else ""))
+          + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else "")
+          + (f"; {len(later)} left for later (did not fit --minutes)" if later else ""))
     return 1 if failed else 0
 
 

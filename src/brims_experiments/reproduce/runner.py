@@ -11,6 +11,7 @@ config counts as finished too (a suite continued on another machine).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -153,13 +154,34 @@ def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
                                 preexec_fn=_take_ctrl_c)  # noqa: PLW1509
 
 
+def select(runs: list[PlannedRun], patterns: list[str]) -> list[PlannedRun]:
+    """The runs whose name (``experiment/model/seed<k>``) matches one of the shell-style ``patterns``
+    (all of them for none); a :class:`ConfigError` for a pattern that matches no run."""
+    if not patterns:
+        return runs
+    unmatched = [pattern for pattern in patterns if not any(fnmatch.fnmatchcase(run.name, pattern) for run in runs)]
+    if unmatched:
+        raise ConfigError(f"--only {', '.join(unmatched)} matches no run of the suite; its runs are named like "
+                          f"{runs[0].name} (experiment/model/seed<k>; * and ? match any text)")
+    return [run for run in runs if any(fnmatch.fnmatchcase(run.name, pattern) for pattern in patterns)]
+
+
 def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int, say=print,
-            record: Callable[[dict[str, Any]], None] = lambda session: None) -> dict[str, Any]:
+            record: Callable[[dict[str, Any]], None] = lambda session: None,
+            minutes: float | None = None) -> dict[str, Any]:
     """Run what is not finished, ``jobs`` at a time; collect every finished run. Returns this
     session's record (its wall time, machine and each run's outcome), also handed to ``record`` at
     the start and after every run, so that a session killed midway is still on record (its
-    ``ended`` stays false; an interrupted one says ``interrupted``)."""
+    ``ended`` stays false; an interrupted one says ``interrupted``).
+
+    With ``minutes``, a run starts only if its estimate (the suite's ``minutes``) ends within that
+    many minutes of this call: what would not finish in a working session is left for the next one
+    (outcome ``left for later``) rather than started and lost."""
     start = time.perf_counter()
+
+    def fits(run: PlannedRun) -> bool:
+        elapsed = (time.perf_counter() - start) / 60
+        return minutes is None or elapsed + run.experiment.minutes[run.model] <= minutes
     session: dict[str, Any] = {"started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                "wall_seconds": 0.0, "jobs": jobs, "machine": machine(), "ended": False, "runs": {}}
     states = {run.name: status(run, keep_results) for run in runs}
@@ -180,9 +202,9 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
     running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
     done = len(runs) - len(waiting)
     try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                run = waiting.pop(0)
+        while running or any(fits(run) for run in waiting):
+            while len(running) < jobs and (run := next((r for r in waiting if fits(r)), None)) is not None:
+                waiting.remove(run)
                 running[run.name] = (run, _launch(run, states[run.name]), time.perf_counter())
                 say(f"  started  {run.name} ({states[run.name]}; log {run.run_dir.name}.log)")
             time.sleep(1.0)
@@ -210,6 +232,10 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
         if isinstance(error, KeyboardInterrupt):
             update("interrupted")
         raise
+    for run in waiting:
+        outcome[run.name] = "left for later"
+        say(f"  left for later: {run.name} (~{run.experiment.minutes[run.model]:.0f} min, more than the "
+            f"{minutes:g}-min limit had left)")
     update(True)
     return session
 
