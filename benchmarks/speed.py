@@ -97,7 +97,7 @@ def parse_args() -> argparse.Namespace:
 
 ARGS = parse_args()  # before importing torch's users: the flags below must come first
 
-import torch  # noqa: E402
+import torch
 
 # First torch call, before set_num_threads or any parallel op: flush-to-zero is a per-thread
 # flag that OpenMP workers inherit only when created after it is set. Without it, gradients
@@ -123,14 +123,14 @@ def keep_freed_memory() -> bool:
 
 KEEP_FREED_MEMORY = keep_freed_memory()
 
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 
-import brims  # noqa: E402
+import brims
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dense_reference import DenseMaskedBRIMs  # noqa: E402
+from dense_reference import DenseMaskedBRIMs
 
 INPUT_SIZE, HIDDEN, CLASSES = 300, 300, 10
 MIB = 2.0**20
@@ -337,9 +337,9 @@ def main() -> None:
         start = time.perf_counter()
         try:
             for _ in range(args.warmup):
-                bench.first_calls.append(timed(lambda: bench.train_step(x, y), device))
+                bench.first_calls.append(timed(lambda bench=bench: bench.train_step(x, y), device))
             for _ in range(args.warmup):
-                bench.first_calls.append(timed(lambda: bench.forward(x), device))
+                bench.first_calls.append(timed(lambda bench=bench: bench.forward(x), device))
         except Exception as error:  # an optional compile mode this torch or device cannot run
             if bench is benches[0] or bench.name.startswith("dense"):
                 raise
@@ -351,9 +351,9 @@ def main() -> None:
     graphs_before = compiled_graphs()
     for repeat in range(args.repeats):
         for bench in benches:
-            bench.train_times.append(timed(lambda: bench.train_step(x, y), device))
+            bench.train_times.append(timed(lambda bench=bench: bench.train_step(x, y), device))
         for bench in benches:
-            bench.forward_times.append(timed(lambda: bench.forward(x), device))
+            bench.forward_times.append(timed(lambda bench=bench: bench.forward(x), device))
         print(f"timed repeat {repeat + 1}/{args.repeats}", file=sys.stderr, flush=True)
     recompiled = compiled_graphs() - graphs_before
 

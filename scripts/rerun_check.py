@@ -47,7 +47,7 @@ def rerun(run: PlannedRun, scratch: Path) -> tuple[str, list[str]]:
     log = scratch / f"{run.name.replace('/', '-')}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
-        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
     if status:
         return run.name, [f"`{shlex.join(command)}` failed with status {status}; see {log}"]
     found = differences(json.loads((folder / "metrics.json").read_text()),

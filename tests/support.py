@@ -19,21 +19,21 @@ INPUT_SIZE = 5
 # Per number of layers: hidden sizes, modules, active modules.
 # Layers: 4 modules of 3 units (2 active), 2 modules of 5 (1 active), 4 modules of 2 (3 active).
 LAYERS = {
-    1: dict(hidden_sizes=(12,), num_modules=(4,), top_k=(2,)),
-    2: dict(hidden_sizes=(12, 10), num_modules=(4, 2), top_k=(2, 1)),
-    3: dict(hidden_sizes=(12, 10, 8), num_modules=(4, 2, 4), top_k=(2, 1, 3)),
+    1: {"hidden_sizes": (12,), "num_modules": (4,), "top_k": (2,)},
+    2: {"hidden_sizes": (12, 10), "num_modules": (4, 2), "top_k": (2, 1)},
+    3: {"hidden_sizes": (12, 10, 8), "num_modules": (4, 2, 4), "top_k": (2, 1, 3)},
 }
 
 # Small attentions; the input and communication sizes all differ from each other.
-ATTENTION = dict(
-    input_heads=2,
-    input_key_size=4,
-    input_value_factor=2,
-    comm_heads=3,
-    comm_key_size=3,
-    comm_value_size=5,
-    attention_dropout=0.1,
-)
+ATTENTION = {
+    "input_heads": 2,
+    "input_key_size": 4,
+    "input_value_factor": 2,
+    "comm_heads": 3,
+    "comm_key_size": 3,
+    "comm_value_size": 5,
+    "attention_dropout": 0.1,
+}
 
 CELLS = ("lstm", "gru")
 

@@ -45,7 +45,7 @@ def adding_config(tmp_path: Path, **train) -> Path:
 
 
 def run_cli(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_command(*argv), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cli_command(*argv), capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def interrupt(process: subprocess.Popen, ready: Callable[[], bool], timeout: float = 120) -> str:
@@ -155,14 +155,14 @@ def test_without_the_train_extra_says_what_to_install(tmp_path):
     """As if PyYAML were not installed (the library needs torch only; the experiments need the extra)."""
     code = ("import sys; sys.modules['yaml'] = None; from brims_experiments.cli import main; "
             f"sys.exit(main(['train', 'adding-cpu', '--run-dir', {str(tmp_path / 'run')!r}]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert_one_message(result, "needs the experiments' packages (yaml is not installed): pip install 'brims[train]'")
 
 
 def test_rl_without_the_rl_extra_says_what_to_install(tmp_path):
     code = ("import sys; sys.modules['gymnasium'] = None; from brims_experiments.cli import main; "
             f"sys.exit(main(['train', 'rl-cartpole-cpu', '--run-dir', {str(tmp_path / 'run')!r}]))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert_one_message(result, "needs reinforcement learning packages (gymnasium is not installed): "
                                "pip install 'brims[rl]'")
     assert not (tmp_path / "run").exists()
@@ -202,7 +202,8 @@ def test_the_brims_command_chooses_the_cache_before_torch_fixes_its_own(tmp_path
             "from torch._inductor.runtime.cache_dir_utils import cache_dir; print('cache:', cache_dir())")
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     env["BRIMS_DATA"] = str(tmp_path / "data")
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert f"cache: {tmp_path / 'inductor'}" in done.stdout
 

@@ -9,7 +9,7 @@ from support import CELLS, build, make_config, random_input, random_state
 
 from brims import BRIMs, BRIMsState
 
-TOL = dict(rtol=0, atol=1e-10)
+TOL = {"rtol": 0, "atol": 1e-10}
 # torch.compile's own imports warn about torch.jit deprecations; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

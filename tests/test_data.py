@@ -21,7 +21,14 @@ import torch
 from brims_experiments.data.fetch import CIFAR_FILES, fetch_cifar10
 from brims_experiments.data.formats import read_cifar_batch, read_idx
 from brims_experiments.data.images import ImageSplit, load_image_split, save_image_dataset
-from brims_experiments.data.store import DATA_ENV, MANIFEST, DataCorruptError, DataMissingError, atomic_write, write_manifest
+from brims_experiments.data.store import (
+    DATA_ENV,
+    MANIFEST,
+    DataCorruptError,
+    DataMissingError,
+    atomic_write,
+    write_manifest,
+)
 
 # ---- idx ------------------------------------------------------------------------------------
 
@@ -183,7 +190,7 @@ def _check_prepared_cifar(root: Path, contents) -> None:
     test = load_image_split("cifar10", "test", root)
     expected_train = np.concatenate([contents[f"data_batch_{i}"][0] for i in range(1, 6)])
     assert np.array_equal(train.images.numpy(), expected_train)
-    assert train.labels.tolist() == sum((contents[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    assert train.labels.tolist() == [label for i in range(1, 6) for label in contents[f"data_batch_{i}"][1]]
     assert np.array_equal(test.images.numpy(), contents["test_batch"][0])
     assert test.labels.tolist() == contents["test_batch"][1]
 

@@ -10,7 +10,7 @@ from support import CELLS, build, make_config, random_input, random_state
 
 from brims import BRIMs, BRIMsCell, BRIMsConfig, BRIMsState, RIMs
 
-TOL = dict(rtol=0, atol=1e-10)
+TOL = {"rtol": 0, "atol": 1e-10}
 STEPS, BATCH = 6, 4
 
 
@@ -301,7 +301,7 @@ def test_train_mode_backward_and_step_changes_output():
     model.eval()
     before, _ = model(x)
     model.train()
-    output, state = model(x)
+    output, _state = model(x)
     output.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     optimiser.step()

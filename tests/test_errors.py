@@ -37,9 +37,9 @@ def test_top_k_bool_rejected():
 @pytest.mark.parametrize(
     "options",
     [
-        dict(hidden_sizes=(12, 10), num_modules=(4,), top_k=(2,)),
-        dict(hidden_sizes=(12,), num_modules=(4, 2), top_k=(2,)),
-        dict(hidden_sizes=(12,), num_modules=(4,), top_k=(2, 1)),
+        {"hidden_sizes": (12, 10), "num_modules": (4,), "top_k": (2,)},
+        {"hidden_sizes": (12,), "num_modules": (4, 2), "top_k": (2,)},
+        {"hidden_sizes": (12,), "num_modules": (4,), "top_k": (2, 1)},
     ],
 )
 def test_per_layer_lists_of_different_lengths(options):
@@ -65,7 +65,7 @@ def test_non_positive_sizes(name, value):
 @pytest.mark.parametrize("name", ["hidden_sizes", "num_modules"])
 @pytest.mark.parametrize("value", [0, -4])
 def test_non_positive_layer_sizes(name, value):
-    options = dict(hidden_sizes=(12, 8), num_modules=(4, 2), top_k=(1, 1))
+    options = {"hidden_sizes": (12, 8), "num_modules": (4, 2), "top_k": (1, 1)}
     options[name] = (options[name][0], value)
     config_error(rf"{name}\[1\] must be a positive int, got {value}", **options)
 

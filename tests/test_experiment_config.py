@@ -66,8 +66,8 @@ def test_yaml_round_trip(tmp_path):
     config = ExperimentConfig(
         data=DataConfig(dataset="cifar10", train_resolution=16, test_resolutions=(19, 32), noise=("gaussian-0.2",),
                         batch_size=8, data_dir="/somewhere"),
-        model=ModelConfig(core=CoreConfig(kind="rims", brims=dict(cell="gru", hidden_sizes=(60,), num_modules=(6,),
-                                                                  top_k=(3,), communication=False)), embedding_size=12),
+        model=ModelConfig(core=CoreConfig(kind="rims", brims={"cell": "gru", "hidden_sizes": (60,), "num_modules": (6,),
+                                                              "top_k": (3,), "communication": False}), embedding_size=12),
         train=TrainConfig(epochs=2, lr=3e-4, devices=2, strategy="ddp", accelerator="cpu"),
     )
     path = tmp_path / "config.yaml"

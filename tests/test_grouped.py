@@ -13,7 +13,7 @@ from torch import nn
 
 from brims.grouped import GroupedGRUCell, GroupedLinear, GroupedLSTMCell
 
-TOL = dict(rtol=0, atol=1e-10)
+TOL = {"rtol": 0, "atol": 1e-10}
 SIZES = [(1, 4, 3), (3, 4, 3), (4, 2, 5)]  # (modules n, input per module I, units per module m)
 BATCH = 5
 

@@ -152,7 +152,7 @@ def test_no_gradient_reaches_inactive_modules_through_communication(config, trai
             inputs = (bottom_up[row : row + 1], None if top_down is None else top_down[row : row + 1])
             c = state.c[index][row : row + 1]
 
-            def new_h(h: torch.Tensor) -> torch.Tensor:  # (n*m,) -> (n*m,)
+            def new_h(h: torch.Tensor, layer=layer, c=c, inputs=inputs) -> torch.Tensor:  # (n*m,) -> (n*m,)
                 torch.manual_seed(7)  # the same dropout masks in every call
                 return layer(h.unsqueeze(0), h.unsqueeze(0) if config.cell == "gru" else c, *inputs).h[0]
 
@@ -319,7 +319,7 @@ def test_no_dead_weights(config):
     """After a backward in train mode, every parameter has a non-zero gradient somewhere."""
     model = build(config, train=True)
     x = random_input(config, 4, 8)
-    output, state = model(x, random_state(model, 8))
+    output, _state = model(x, random_state(model, 8))
     loss = (output * _probe(output, 5)).sum()
     loss.backward()
     dead = [name for name, p in model.named_parameters() if p.grad is None or torch.count_nonzero(p.grad) == 0]
@@ -369,7 +369,7 @@ def test_batch_first_diagnostics_shapes():
 def test_cell_diagnostics_shapes(config):
     model = build(config)
     x = random_input(config, 1, BATCH)[0]
-    output, state, diagnostics = model.cell(x, return_diagnostics=True)
+    output, _state, diagnostics = model.cell(x, return_diagnostics=True)
     assert output.shape == (BATCH, config.hidden_sizes[-1])
     for layer, n in enumerate(config.num_modules):
         assert diagnostics.active[layer].shape == (BATCH, n)

@@ -22,7 +22,8 @@ from brims_experiments.train.config import load_config
 from brims_experiments.train.datamodule import InOrderBatchSampler, TextWindows
 from brims_experiments.train.run import load_trained
 
-WORDS = "the cat sat on a mat and then it ran off to see the dog who was sleeping".split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "it", "ran", "off", "to", "see", "the", "dog", "who",
+         "was", "sleeping"]
 TINY = {"hidden_sizes": [8, 8], "num_modules": [2, 1], "top_k": [1, 1], "input_heads": 1, "input_key_size": 4,
         "comm_heads": 1, "comm_key_size": 4, "comm_value_size": 4}
 
@@ -35,7 +36,7 @@ def tiny_core(kind: str, **options) -> CoreConfig:
 
 def documents(seed: int, count: int = 3, paragraphs: int = 40) -> list[list[str]]:
     rng = random.Random(seed)
-    return [sum(([" ".join(rng.choice(WORDS) for _ in range(10)) + ".", ""] for _ in range(paragraphs)), [])
+    return [[line for _ in range(paragraphs) for line in (" ".join(rng.choice(WORDS) for _ in range(10)) + ".", "")]
             for _ in range(count)]
 
 

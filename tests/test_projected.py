@@ -14,7 +14,7 @@ from brims.backends.compiled import run_chunk
 from brims.backends.projected import project_input
 from brims.cell import run_steps
 
-TOL = dict(rtol=1e-12, atol=1e-12)  # float64: one matmul over T*B rows may round unlike T of B rows
+TOL = {"rtol": 1e-12, "atol": 1e-12}  # float64: one matmul over T*B rows may round unlike T of B rows
 STEPS, BATCH = 5, 3
 
 

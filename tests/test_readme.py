@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_every_python_block_of_the_readme_runs_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # it saves a model folder where it runs
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
     assert blocks, "the README shows no Python"
     namespace: dict = {}
     threads = torch.get_num_threads()

@@ -19,7 +19,7 @@ from support import blocks, build, make_config, random_input, random_state
 
 from brims import BRIMsState
 
-TOL = dict(rtol=0, atol=1e-10)
+TOL = {"rtol": 0, "atol": 1e-10}
 BATCH = 3
 
 

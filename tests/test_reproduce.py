@@ -228,7 +228,7 @@ def reproduced(tmp_path_factory):
 
 
 def test_reproduce_runs_every_model_and_seed_and_keeps_no_checkpoints(reproduced):
-    suite, runs, session, tmp_path, _ = reproduced
+    _suite, runs, session, _tmp_path, _ = reproduced
     assert set(session["runs"].values()) == {"finished"}, session["runs"]
     for run in runs:
         assert (run.result_dir / "metrics.json").is_file() and (run.result_dir / "config.yaml").is_file()
@@ -239,7 +239,7 @@ def test_reproduce_runs_every_model_and_seed_and_keeps_no_checkpoints(reproduced
 
 def test_a_session_is_on_record_from_its_start_and_after_every_run(reproduced):
     """A session killed midway leaves its record up to its last finished run (``ended`` false)."""
-    suite, runs, session, tmp_path, records = reproduced
+    _suite, runs, session, tmp_path, records = reproduced
     assert len(records) == 1 + len(runs) + 1  # the start, each run, the end
     assert records[0]["runs"] == {} and records[0]["ended"] is False
     assert [sum(o == "finished" for o in r["runs"].values()) for r in records[1:-1]] == list(range(1, len(runs) + 1))
@@ -305,7 +305,7 @@ def test_a_run_takes_ctrl_c_even_where_the_runner_ignores_it(tmp_path):
 
 
 def test_reproduce_again_skips_the_finished_runs(reproduced):
-    suite, runs, _, tmp_path, _ = reproduced
+    suite, runs, _, _tmp_path, _ = reproduced
     session = execute(suite, runs, keep_results=False, jobs=2, say=lambda _: None)
     assert set(session["runs"].values()) == {"finished before"}
 

@@ -146,10 +146,10 @@ KIND_CELLS = [(kind, cell) for kind in CORE_KINDS for cell in (("lstm",) if kind
 
 
 def core_config(kind: str, cell: str = "lstm", **overrides) -> CoreConfig:
-    options = dict(
-        cell=cell, hidden_sizes=(8, 4), num_modules=(4, 2), top_k=(2, 1),
-        input_heads=2, input_key_size=4, comm_heads=2, comm_key_size=3, comm_value_size=3,
-    )
+    options = {
+        "cell": cell, "hidden_sizes": (8, 4), "num_modules": (4, 2), "top_k": (2, 1),
+        "input_heads": 2, "input_key_size": 4, "comm_heads": 2, "comm_key_size": 3, "comm_value_size": 3,
+    }
     if kind in LAYERED_KINDS:
         options["hidden_sizes"] = (8, 8)
     if kind == "rims":

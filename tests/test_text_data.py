@@ -270,7 +270,7 @@ def test_failed_prepare_keeps_the_previous_corpus(tmp_path):
 
 
 def test_crash_while_writing_leaves_no_complete_looking_corpus(tmp_path, monkeypatch):
-    import brims_experiments.data.corpora as corpora
+    from brims_experiments.data import corpora
 
     prepare_corpus("shakespeare", [play(1)], tmp_path)
     real_write, calls = corpora.atomic_write, []

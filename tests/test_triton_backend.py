@@ -27,7 +27,7 @@ from support import ALL_COMBOS, CELLS, build, make_config, random_input, random_
 from brims import BRIMs, BRIMsConfig, BRIMsState
 from brims.backends.fused import dot_precision, torch_uses_tf32
 
-TOL = dict(rtol=0, atol=1e-12)
+TOL = {"rtol": 0, "atol": 1e-12}
 STEPS, BATCH = 2, 3
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the interpreter runs CPU tensors only
 
@@ -217,7 +217,7 @@ def test_triton_float32_matches_within_float32_tolerance():
     reference, fused = twins(config, train=True, dtype=torch.float32)
     x = random_input(config, STEPS, BATCH, dtype=torch.float32)
     assert_same(run(reference, x, random_state(reference, BATCH)), run(fused, x, random_state(fused, BATCH)),
-                tol=dict(rtol=1e-5, atol=1e-6))
+                tol={"rtol": 1e-5, "atol": 1e-6})
 
 
 def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
@@ -264,7 +264,7 @@ def test_triton_on_cuda_matches_torch_on_cuda(cell):
     state = BRIMsState(*(tuple(0.5 * torch.randn(70, 300, generator=generator) for _ in range(2)) for _ in range(2)))
     if cell == "gru":
         state = BRIMsState(state.h, state.h)
-    assert_same(run(reference, x, state), run(fused, x, state), tol=dict(rtol=1e-4, atol=2e-5))
+    assert_same(run(reference, x, state), run(fused, x, state), tol={"rtol": 1e-4, "atol": 2e-5})
 
 
 def test_dot_precision_follows_torch():

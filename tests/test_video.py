@@ -48,7 +48,7 @@ def starts(config: BallsConfig, count: int) -> tuple[torch.Tensor, torch.Tensor]
 
 def test_kinetic_energy_is_kept_through_every_collision():
     config = BallsConfig(frame_size=24, frames=100, balls=8, radius=2.5, speed=2.0)  # crowded: many collisions
-    positions, velocities = simulate(config, *starts(config, 16))  # (N, T, K, 2)
+    _positions, velocities = simulate(config, *starts(config, 16))  # (N, T, K, 2)
     energy = (velocities**2).sum((-1, -2))  # (N, T)
     assert torch.allclose(energy, energy[:, :1].expand_as(energy), rtol=1e-12, atol=0)
     speeds_changed = (velocities[:, 1:] - velocities[:, :-1]).norm(dim=-1) > 1e-9  # (N, T-1, K)

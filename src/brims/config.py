@@ -13,7 +13,7 @@ BACKENDS = ("torch", "triton")
 
 def _as_tuple(name: str, value: int | Sequence[int]) -> tuple[int, ...]:
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")
+        raise ValueError(f"{name} must be an int or a sequence of ints, got {value!r}")  # noqa: TRY004 - ValueError is the tested contract
     if isinstance(value, int):
         return (value,)
     try:
@@ -24,7 +24,7 @@ def _as_tuple(name: str, value: int | Sequence[int]) -> tuple[int, ...]:
         raise ValueError(f"{name} must name at least one layer, got {value!r}")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"{name} must contain ints, got {value!r}")
+            raise ValueError(f"{name} must contain ints, got {value!r}")  # noqa: TRY004 - ValueError is the tested contract
     return items
 
 
@@ -127,7 +127,7 @@ class BRIMsConfig:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
         for name in ("top_down", "communication", "batch_first"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")  # noqa: TRY004 - ValueError is the tested contract
 
     @property
     def num_layers(self) -> int:

@@ -194,7 +194,7 @@ class RIMs(BRIMs):
             return
         for name, value in sizes.items():
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an int for RIMs (one layer), got {value!r}")
+                raise ValueError(f"{name} must be an int for RIMs (one layer), got {value!r}")  # noqa: TRY004 - ValueError is the tested contract
         super().__init__(input_size, (hidden_size,), (num_modules,), (top_k,), top_down=False, **options)
 
 

@@ -23,10 +23,16 @@ from brims import __version__
 from brims_experiments.compile_cache import keep_compiled_code
 from brims_experiments.export import add_export_command
 from brims_experiments.reproduce.commands import add_commands as add_reproduce_commands
-from brims_experiments.train.commands import add_commands as add_experiment_commands
-from brims_experiments.tasks.copying import CopyingMetrics, CopyingTaskConfig, copying_loss, copying_metrics, make_copying_batch
+from brims_experiments.tasks.copying import (
+    CopyingMetrics,
+    CopyingTaskConfig,
+    copying_loss,
+    copying_metrics,
+    make_copying_batch,
+)
 from brims_experiments.tasks.cores import CoreConfig
 from brims_experiments.tasks.sequence_model import SequenceModel
+from brims_experiments.train.commands import add_commands as add_experiment_commands
 
 logger = logging.getLogger(__name__)
 

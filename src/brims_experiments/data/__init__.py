@@ -5,8 +5,8 @@ distribution, Fashion-MNIST from a Debian package, CIFAR-10 from a folder the us
 See ``brims fetch --help`` and the README's data section.
 """
 
-from brims_experiments.data.store import DataCorruptError, DataError, DataMissingError, data_root
 from brims_experiments.data.images import IMAGE_DATASETS, ImageSplit, load_image_split
+from brims_experiments.data.store import DataCorruptError, DataError, DataMissingError, data_root
 
 __all__ = [
     "IMAGE_DATASETS",

@@ -154,7 +154,7 @@ def read_r_lazyload(rdx: Path, rdb: Path) -> dict[str, object]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # rdata warns that a bare serialisation "assumed RDS": it is
                 return rdata.conversion.convert(rdata.parser.parse_data(data))
-        except Exception as error:  # rdata raises many types on malformed input
+        except Exception as error:  # noqa: BLE001 - rdata raises many types on malformed input
             raise DataCorruptError(f"{source}: unreadable R data ({type(error).__name__}: {error})") from None
 
     index = parse(rdx.read_bytes(), rdx.name)
@@ -353,7 +353,7 @@ def prepare_corpus(name: str, documents: Sequence[list[str]], root: str | Path |
     for split, ids in encoded.items():
         buffer = io.BytesIO()
         torch.save(ids.to(dtype), buffer)
-        atomic_write(folder / f"{split}.pt", lambda h: h.write(buffer.getvalue()))
+        atomic_write(folder / f"{split}.pt", lambda h, buffer=buffer: h.write(buffer.getvalue()))
     atomic_write_text(folder / VOCAB_FILE, vocab.to_json())
     meta = {
         "corpus": name,

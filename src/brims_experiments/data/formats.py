@@ -57,7 +57,7 @@ class _NumpyArraysOnly(pickle.Unpickler):
     file names, so only the numpy reconstruction functions are allowed.
     """
 
-    _ALLOWED = {
+    _ALLOWED = frozenset({
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -67,9 +67,9 @@ class _NumpyArraysOnly(pickle.Unpickler):
         ("_codecs", "encode"),
         ("numpy.core.numeric", "_frombuffer"),  # arrays re-saved with pickle protocol 5
         ("numpy._core.numeric", "_frombuffer"),
-    }
+    })
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+    def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return super().find_class(module, name)

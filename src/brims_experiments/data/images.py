@@ -72,7 +72,7 @@ def save_image_dataset(name: str, splits: dict[str, ImageSplit], root: Path | No
                                    f"({info.size}, {info.size}, {info.channels})")
         buffer = io.BytesIO()
         torch.save({"images": data.images.contiguous(), "labels": data.labels.contiguous()}, buffer)
-        atomic_write(folder / f"{split}.pt", lambda h: h.write(buffer.getvalue()))
+        atomic_write(folder / f"{split}.pt", lambda h, buffer=buffer: h.write(buffer.getvalue()))
     write_manifest(folder, [f"{split}.pt" for split in splits], {"dataset": name})
     return folder
 

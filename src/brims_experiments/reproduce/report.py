@@ -602,8 +602,8 @@ def runs_by_day(suite: Suite, results: Path) -> list[str]:
                     days.setdefault(session["started_at"][:10], []).append(float(session["seconds"]))
     if not days:
         return []
-    lines = ["## Training sessions by day", "", "From each run's own record (`train_time.json`): the training "
-             "sessions started that day (UTC; a resumed run has one per start) and their hours, one thread each.", "",
+    lines = ["## Training sessions by day", "", ("From each run's own record (`train_time.json`): the training "
+             "sessions started that day (UTC; a resumed run has one per start) and their hours, one thread each."), "",
              "| day | sessions | hours |", "|---|---:|---:|"]
     lines += [f"| {day} | {len(seconds)} | {sum(seconds) / 3600:.1f} |" for day, seconds in sorted(days.items())]
     return [*lines, ""]
@@ -656,8 +656,8 @@ def write_report(suite: Suite, results: Path) -> Path:
             lines.append("")
     lines += ["## What the verdicts say", "", *verdict_summary(suite, results)[2:], ""]
     if sessions:
-        lines += ["## Sessions", "", "One row per `brims reproduce` invocation. Ended \"no\": killed, or still running (its wall "
-                  "time is up to its last finished run); \"interrupted\": stopped with Ctrl-C.", "",
+        lines += ["## Sessions", "", ("One row per `brims reproduce` invocation. Ended \"no\": killed, or still running (its wall "
+                  "time is up to its last finished run); \"interrupted\": stopped with Ctrl-C."), "",
                   "| started (UTC) | wall | ended | jobs | machine | versions | runs finished |",
                   "|---|---:|---|---:|---|---|---:|"]
         for session in sessions:

@@ -70,9 +70,9 @@ class CoreConfig:
         if self.kind not in CORE_KINDS:
             raise ValueError(f"model.core.kind must be one of {CORE_KINDS}, got {self.kind!r}")
         if not isinstance(self.compile, bool):
-            raise ValueError(f"model.core.compile must be true or false, got {self.compile!r}")
+            raise ValueError(f"model.core.compile must be true or false, got {self.compile!r}")  # noqa: TRY004 - ConfigError is the user-facing error
         if not isinstance(self.brims, dict):
-            raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")
+            raise ValueError(f"model.core.brims must be a mapping of BRIMsConfig fields, got {self.brims!r}")  # noqa: TRY004 - ConfigError is the user-facing error
         if self.compile and self.brims.get("backend") == "triton" and self.kind in MODULAR_KINDS:
             raise ValueError(
                 "compile=true compiles the torch backend, but model.core.brims.backend=triton "

@@ -271,7 +271,7 @@ class TextWindows(Dataset):
         self.seq_len = seq_len
 
     def __len__(self) -> int:
-        return -(-(self.stream.shape[0] - 1) // self.seq_len)
+        return (self.stream.shape[0] - 1 + self.seq_len - 1) // self.seq_len  # ceil: the last window may be short
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         start = index * self.seq_len
