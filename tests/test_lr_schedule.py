@@ -3,6 +3,7 @@ kill resumes it where it was, and that a cosine run refuses an extension that wo
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def test_cosine_falls_from_one_to_its_final_fraction(total, final):
     factors = [learning_rate_factor("cosine", step, total, final) for step in range(total + 2)]
     assert factors[0] == 1.0
     assert factors[total] == pytest.approx(final, abs=1e-12) == factors[total + 1]  # flat after the budget
-    assert all(later <= earlier for earlier, later in zip(factors, factors[1:]))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(factors))
     assert factors[0] > factors[total] or final == 1.0
     if total % 2 == 0:
         assert factors[total // 2] == pytest.approx((1 + final) / 2)
