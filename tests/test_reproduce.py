@@ -510,6 +510,11 @@ def test_the_summary_counts_every_declared_claim():
                                                   r"parity|not on par: model better|not on par: model worse|not run yet)",
                                                   line.split(";")[0]))
         assert counted == len(experiment.claims) == int(re.search(r"\((\d+) claims", line).group(1))
+        # A verdict heads the claims it judged, worded as claims: "not on par: model worse" is never
+        # followed by a bare "X and Y are on par", which would read as the finding.
+        for word in re.findall(r"; ((?:supported|contradicted|not on par: model \w+|consistent with parity)[^;]*?)(?=;|$)",
+                               line):
+            assert ", on the claims that " in word, word
 
 
 def test_the_figures_interval_is_of_the_kind_the_verdict_uses():

@@ -561,8 +561,8 @@ def verdict_summary(suite: Suite, results: Path) -> list[str]:
             by_word.setdefault(verdict_word(judge(claim, found, experiment)), []).append(claim.text)
         counts = ", ".join(f"{len(texts)} {word}" for word, texts in by_word.items())
         lines.append(f"- {experiment.name} ({len(experiment.claims)} claims: {counts})"
-                     + "".join(f"; {word}: {'; '.join(texts)}" for word, texts in by_word.items()
-                               if word in DECIDED))
+                     + "".join(f"; {word}, on the claims that {'; that '.join(texts)}"
+                               for word, texts in by_word.items() if word in DECIDED))
     return lines
 
 
