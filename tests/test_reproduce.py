@@ -147,7 +147,7 @@ def test_every_run_of_every_suite_has_a_valid_config(name, tmp_path):
     """Each planned run's preset and overrides build a config (a typo in a suite fails here, not hours in)."""
     suite = load_suite(name)
     runs = plan(suite, tmp_path / "runs", tmp_path / "results")
-    assert len(runs) == sum(len(e.models) for e in suite.experiments) * len(suite.seeds)
+    assert len(runs) == sum(len(e.models) * len(e.seeds) for e in suite.experiments)
     for run in runs:
         config = run.config()
         assert config.train.seed == run.seed
