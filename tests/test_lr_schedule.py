@@ -8,9 +8,8 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from cli_support import brims
-from test_run_lifecycle import STEPS, lifecycle_config, run_killed
+from test_run_lifecycle import STEPS, assert_same_weights, lifecycle_config, run_killed, trained
 from test_training_runs import write_config
 
 from brims_experiments.checkpoints import read_checkpoint
@@ -48,10 +47,7 @@ def logged_rates(folder: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def cosine_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cosine") / "run"
-    config = write_config(folder.parent / "run.yaml", cosine_config())
-    assert brims("train", str(config), "--run-dir", str(folder), "--no-progress") == 0
-    return folder
+    return trained(tmp_path_factory.mktemp("cosine") / "run", cosine_config())
 
 
 def test_a_cosine_run_follows_and_logs_its_schedule(cosine_run):
@@ -67,8 +63,7 @@ def test_a_cosine_run_follows_and_logs_its_schedule(cosine_run):
 def test_a_constant_run_logs_no_rate(tmp_path):
     values = lifecycle_config(max_steps=3)
     values["train"]["validate_every"] = 3
-    folder = tmp_path / "run"
-    assert brims("train", str(write_config(tmp_path / "run.yaml", values)), "--run-dir", str(folder), "--no-progress") == 0
+    folder = trained(tmp_path / "run", values)
     assert "train/lr" not in (folder / "logs" / "metrics.csv").read_text()
 
 
@@ -76,9 +71,7 @@ def test_a_killed_cosine_run_resumes_on_its_curve(cosine_run, tmp_path, monkeypa
     folder = tmp_path / "run"
     run_killed(folder, write_config(tmp_path / "run.yaml", cosine_config()), 4, "train_batch_end", monkeypatch)
     assert brims("train", str(folder), "--no-progress") == 0
-    ours, theirs = (read_checkpoint(f / "checkpoints" / "last.ckpt") for f in (folder, cosine_run))
-    for name, value in theirs["state_dict"].items():
-        assert torch.equal(value, ours["state_dict"][name]), f"{name} differs from the uninterrupted run"
+    assert_same_weights(folder, cosine_run)
     assert logged_rates(folder) == logged_rates(cosine_run)
 
 

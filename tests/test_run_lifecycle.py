@@ -90,12 +90,24 @@ def selection(folder: Path) -> tuple[int, float, dict]:
     return best["global_step"], float(scores[0]), tested
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("uninterrupted") / "run"
-    config = write_config(folder.parent / "run.yaml", lifecycle_config())
+def trained(folder: Path, values: dict) -> Path:
+    """A run of the config ``values`` trained to its end in ``folder`` (its config file beside it)."""
+    config = write_config(folder.parent / f"{folder.name}.yaml", values)
     assert brims("train", str(config), "--run-dir", str(folder), "--no-progress") == 0
     return folder
+
+
+def assert_same_weights(ours: Path, theirs: Path) -> None:
+    """The two runs' ``last.ckpt`` hold the same step and bit-identical weights."""
+    mine, reference = (read_checkpoint(f / "checkpoints" / "last.ckpt") for f in (ours, theirs))
+    assert mine["global_step"] == reference["global_step"] > 0
+    for name, value in reference["state_dict"].items():
+        assert torch.equal(value, mine["state_dict"][name]), f"{name} differs from the uninterrupted run"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("uninterrupted") / "run", lifecycle_config())
 
 
 def kill_points(slow: bool) -> list[tuple[int, str]]:
@@ -150,15 +162,10 @@ def test_an_extension_equals_the_uninterrupted_longer_run(tmp_path, field, short
         values["train"].update({"max_steps": 0, "epochs": 1, field: budget})
         return values
 
-    extended, reference = tmp_path / "extended", tmp_path / "reference"
-    for folder, budget in ((extended, short), (reference, long)):
-        path = write_config(tmp_path / f"{folder.name}.yaml", config(budget))
-        assert brims("train", str(path), "--run-dir", str(folder), "--no-progress") == 0
+    extended = trained(tmp_path / "extended", config(short))
+    reference = trained(tmp_path / "reference", config(long))
     assert brims("train", str(extended), "--no-progress", "--set", f"train.{field}={long}") == 0
-    ours, theirs = (read_checkpoint(f / "checkpoints" / "last.ckpt") for f in (extended, reference))
-    assert ours["global_step"] == theirs["global_step"] > 0
-    for name, value in theirs["state_dict"].items():
-        assert torch.equal(value, ours["state_dict"][name]), f"{name} differs from the uninterrupted run"
+    assert_same_weights(extended, reference)
     assert selection(extended) == selection(reference)
     logged = [(f / "logs" / "metrics.csv").read_text().splitlines() for f in (extended, reference)]
     assert logged[0] == logged[1]

@@ -56,6 +56,8 @@ class ExperimentModule(L.LightningModule):
         # The rate follows from the step alone (restored exactly on resume), not from a scheduler's
         # state: a checkpoint saved at the end of a batch precedes Lightning's scheduler step.
         train = self.config.train
+        if train.lr_schedule == "constant":
+            return  # Adam keeps train.lr
         rate = train.lr * learning_rate_factor(train.lr_schedule, self.trainer.global_step, self.total_steps,
                                                train.lr_final_fraction)
         for group in self.optimizers().param_groups:
