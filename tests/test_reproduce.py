@@ -3,6 +3,7 @@ README's generated tables checked against the committed ``results/``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from brims_experiments.reproduce.report import (
     write_report,
 )
 from brims_experiments.reproduce.runner import estimate_minutes, execute, plan, record_session, status
-from brims_experiments.reproduce.suites import load_suite, parse_suite
+from brims_experiments.reproduce.suites import Learned, load_suite, parse_suite
 from brims_experiments.suites import suite_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +129,47 @@ def test_a_claims_pairs_are_the_seeds_both_models_finished(tmp_path):
     assert judge(claim, apart, experiment) == "no seed that both models finished"
     unmeasured = {m: [RunResult(m, 0, tmp_path, {"length": {}})] for m in ("lstm", "brims")}
     assert judge(claim, unmeasured, experiment) == "no length.10.mse in the runs"
+
+
+def test_a_verdict_on_a_model_that_did_not_learn_the_task_says_so(tmp_path):
+    from brims_experiments.reproduce.report import RunResult, claims_table, learning_line, verdict_summary
+
+    base = tiny_suite(tmp_path)
+    experiment = dataclasses.replace(base.experiments[0], learned=Learned("MSE 5", at_most=0.2))
+    run = lambda model, seed, easy, hard: RunResult(model, seed, tmp_path,
+                                                    {"length": {"5": {"mse": easy}, "10": {"mse": hard}}})
+    found = {"lstm": [run("lstm", 0, 0.1, 0.5), run("lstm", 1, 0.15, 0.6)],
+             "brims": [run("brims", 0, 0.3, 0.25), run("brims", 1, 0.1, 0.3)]}
+    assert learning_line(experiment, found).startswith(
+        "Learned the task (MSE 5 at most 0.2, declared in the suite), seeds per model: lstm 2 of 2, brims 1 of 2.")
+    row = claims_table(experiment, found)[-1]
+    assert row.startswith("| brims / lstm | **supported**") and row.endswith(" (learned the task: BRIMs in 1 of 2 seeds) |")
+    results = tmp_path / "results"
+    for model, runs in found.items():
+        for result in runs:
+            folder = results / "adding" / model / f"seed{result.seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps(result.metrics))
+            (folder / "config.yaml").write_text("{}")
+    summary = verdict_summary(dataclasses.replace(base, experiments=(experiment,)), results)
+    assert summary[-1] == ("- adding (1 claims: 1 supported); supported, on the claims that BRIMs beat the LSTM on "
+                           "MSE 10 (learned the task: BRIMs in 1 of 2 seeds); learned the task, seeds per model: "
+                           "lstm 2 of 2, brims 1 of 2")
+    everyone = {"lstm": found["lstm"], "brims": [run("brims", 0, 0.2, 0.25), run("brims", 1, 0.1, 0.3)]}
+    assert " (learned the task" not in claims_table(experiment, everyone)[-1]  # at the bound counts as learned
+    assert learning_line(base.experiments[0], found) is None  # no criterion, no line
+
+
+@pytest.mark.parametrize("learned", [{"condition": "MSE 11", "at_most": 0.6},
+                                     {"condition": "MSE 10", "at_most": 0.6, "at_least": 0.1},
+                                     {"condition": "MSE 10"}, {"condition": "MSE 10", "at_most": "low"}])
+def test_a_learned_criterion_names_a_condition_and_one_bound(learned):
+    raw = {"title": "t", "question": "q", "seeds": [0], "experiments": [{
+        "name": "adding", "preset": "adding-cpu", "models": {"lstm": [], "brims": []}, "better": "lower",
+        "curve": "val/mse", "conditions": [{"label": "MSE 10", "path": "length.10.mse"}], "pairs": [["brims", "lstm"]],
+        "learned": learned}]}
+    with pytest.raises(ConfigError, match="learned: a mapping with condition"):
+        parse_suite("t", raw)
 
 
 def test_where_a_model_stands_is_its_curves_end_and_last_quarter_movement():

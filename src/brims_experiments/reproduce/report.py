@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from brims_experiments.figures import save_figure
-from brims_experiments.reproduce.suites import Claim, Experiment, Suite
+from brims_experiments.reproduce.suites import Claim, Experiment, Suite, model_name
 from brims_experiments.run_folder import (
     CONFIG_FILE,
     LOG_FILE,
@@ -238,6 +238,49 @@ def judge(claim: Claim, found: dict[str, list[RunResult]], experiment: Experimen
     return verdict(pairs, experiment.better_of(claim.condition), condition.scale, claim.kind)
 
 
+def learned_counts(experiment: Experiment, runs: list[RunResult]) -> tuple[int, int] | None:
+    """(seeds that learned the task by the experiment's ``learned`` criterion, seeds with its metric),
+    or None without a criterion or such seeds."""
+    if experiment.learned is None:
+        return None
+    path = next(c.path for c in experiment.conditions if c.label == experiment.learned.condition)
+    values = []
+    for run in runs:
+        try:
+            values.append(metric_at(run.metrics, path))
+        except KeyError:
+            continue
+    return (sum(experiment.learned.met(v) for v in values), len(values)) if values else None
+
+
+def learned_caveat(claim: Claim, found: dict[str, list[RunResult]], experiment: Experiment) -> str:
+    """`` (learned the task: RIMs in 0 of 3 seeds)`` where the claim's model or baseline did not learn
+    in every finished seed, else empty: such a verdict compares a trivial predictor."""
+    short = []
+    for model in (claim.model, claim.baseline):
+        counts = learned_counts(experiment, found.get(model, []))
+        if counts is not None and counts[0] < counts[1]:
+            short.append(f"{model_name(model)} in {counts[0]} of {counts[1]} seeds")
+    return f" (learned the task: {', '.join(short)})" if short else ""
+
+
+def learned_parts(experiment: Experiment, found: dict[str, list[RunResult]]) -> list[str]:
+    """``rims 0 of 3`` per model with seeds judged by the experiment's ``learned`` criterion."""
+    return [f"{model} {counts[0]} of {counts[1]}" for model, runs in found.items()
+            if (counts := learned_counts(experiment, runs)) is not None]
+
+
+def learning_line(experiment: Experiment, found: dict[str, list[RunResult]]) -> str | None:
+    """In how many seeds each model learned the task at all, by the experiment's ``learned`` criterion."""
+    parts = learned_parts(experiment, found)
+    if not parts:
+        return None
+    return (f"Learned the task ({experiment.learned.describe()}, declared in the suite), seeds per model: "
+            f"{', '.join(parts)}. A model that has not learned stays close to the trivial predictor, so "
+            "its comparisons on the other conditions say nothing about how it generalises; every verdict on such a "
+            "model says so.")
+
+
 VERDICT_WORDS = ("supported", "contradicted", "not answerable", "consistent with parity", "not on par: model better",
                  "not on par: model worse", "not run yet", "no ")
 
@@ -284,6 +327,9 @@ def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list
     for condition in experiment.conditions:
         if condition.claim == "none":
             lines.append(f"- no claim on {condition.label}: {condition.why.strip()}")
+    learned = learning_line(experiment, found)
+    if learned:
+        lines += ["", learned]
     where = " ".join(part for part in (standing(experiment, found), plateau_evidence(experiment, found)) if part) or None
     if where:
         lines += ["", where]
@@ -300,7 +346,7 @@ def claims_table(experiment: Experiment, found: dict[str, list[RunResult]]) -> l
         for condition in claimed:
             claim = next(c for c in experiment.claims
                          if (c.model, c.baseline, c.condition) == (model, baseline, condition.label))
-            judged = judge(claim, found, experiment)
+            judged = judge(claim, found, experiment) + learned_caveat(claim, found, experiment)
             word = verdict_word(judged)
             cells.append(f"**{word}**{judged[len(word):]}" if judged.startswith(word) else judged)
         rows.append("| " + " | ".join(cells) + " |")
@@ -558,11 +604,14 @@ def verdict_summary(suite: Suite, results: Path) -> list[str]:
         found = load_results(results, experiment)
         by_word: dict[str, list[str]] = {}
         for claim in experiment.claims:
-            by_word.setdefault(verdict_word(judge(claim, found, experiment)), []).append(claim.text)
+            by_word.setdefault(verdict_word(judge(claim, found, experiment)), []).append(
+                claim.text + learned_caveat(claim, found, experiment))
         counts = ", ".join(f"{len(texts)} {word}" for word, texts in by_word.items())
+        learned = learned_parts(experiment, found)
         lines.append(f"- {experiment.name} ({len(experiment.claims)} claims: {counts})"
                      + "".join(f"; {word}, on the claims that {'; that '.join(texts)}"
-                               for word, texts in by_word.items() if word in DECIDED))
+                               for word, texts in by_word.items() if word in DECIDED)
+                     + (f"; learned the task, seeds per model: {', '.join(learned)}" if learned else ""))
     return lines
 
 

@@ -13,6 +13,7 @@ seeds (the suite's, or an experiment's own ``seeds`` where its runs cost more), 
 order. Figures: learning curves of ``curve`` (with ``curve_chance``, the
 plateau measured), test metric against length (``generalisation``), a per-step metric per test
 condition (``by_step``, :class:`ByStep`), and each model's first-seed run figures (``run_figures``).
+``learned`` (:class:`Learned`) states when a run has learned the task at all.
 """
 
 from __future__ import annotations
@@ -60,6 +61,25 @@ class ByStep:
 
 
 @dataclass(frozen=True)
+class Learned:
+    """When a run has learned the task at all: its value of ``condition`` (a label of the experiment's
+    conditions) is at most ``at_most`` or at least ``at_least``. A model that has not learned predicts
+    about as well as a trivial predictor, so its comparisons on the other conditions say nothing
+    about how it generalises: every verdict on it says in how many seeds it learned."""
+
+    condition: str
+    at_most: float | None = None
+    at_least: float | None = None
+
+    def met(self, value: float) -> bool:
+        return value <= self.at_most if self.at_most is not None else value >= self.at_least
+
+    def describe(self) -> str:
+        return f"{self.condition} at most {self.at_most:g}" if self.at_most is not None \
+            else f"{self.condition} at least {self.at_least:g}"
+
+
+@dataclass(frozen=True)
 class Claim:
     """``model`` does better than ``baseline`` on ``condition`` (a label of the experiment's
     conditions), or, of kind ``parity``, neither does better."""
@@ -92,6 +112,7 @@ class Experiment:
     seeds: tuple[int, ...] = ()  # the suite's seeds unless the experiment names its own
     by_step: ByStep | None = None  # a per-step metric's figure, per condition
     run_figures: tuple[str, ...] = ("module_activity.png",)  # shown from each model's first seed, where it has them
+    learned: Learned | None = None  # when a run has learned the task at all
 
     def better_of(self, label: str) -> str:
         """Whether lower or higher is better for the condition ``label``."""
@@ -147,6 +168,17 @@ def _by_step(where: str, raw: Any) -> ByStep | None:
     return ByStep(**raw)
 
 
+def _learned(where: str, raw: Any, labels: set[str]) -> Learned | None:
+    if raw is None:
+        return None
+    require(isinstance(raw, dict) and set(raw) <= {"condition", "at_most", "at_least"} and raw.get("condition") in labels
+            and len(set(raw) & {"at_most", "at_least"}) == 1
+            and all(isinstance(raw[bound], (int, float)) for bound in set(raw) & {"at_most", "at_least"}),
+            f"{where}, learned: a mapping with condition (a label of the experiment's conditions) and one number, "
+            "at_most or at_least")
+    return Learned(**raw)
+
+
 def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
     from brims_experiments.train.commands import resolve_config
 
@@ -194,6 +226,7 @@ def parse_suite(name: str, raw: dict[str, Any]) -> Suite:
             curve_chance=item.get("curve_chance"), pairs=pairs, claims=claims, minutes=minutes,
             note=item.get("note", "").strip(), seeds=own_seeds, by_step=_by_step(where, item.get("by_step")),
             run_figures=_strings(f"{where}, run_figures", item.get("run_figures", ["module_activity.png"])),
+            learned=_learned(where, item.get("learned"), labels),
         ))
     require(experiments, f"suite {name}: no experiments")
     jobs = raw.get("jobs", 1)
