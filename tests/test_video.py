@@ -208,6 +208,23 @@ def test_curtain_hides_its_band_from_the_input_only(frame_skip):
     assert targets[..., band].sum() > 0
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu"])
+def test_an_encoder_unit_that_no_frame_drives_learns_only_if_leaky(activation):
+    # The unit's bias far below what any frame adds: ReLU gives 0 on every frame, and nothing
+    # reaches its weights (a dead unit, as whole encoders died in bouncing-balls runs at lr 3e-3).
+    torch.manual_seed(0)
+    core = CoreConfig(kind="lstm", brims={"hidden_sizes": [8]})
+    model = VideoPredictor(core, SIZE, TEACHER, embedding_size=8, channels=2, conv_layers=2, activation=activation)
+    first = model.encoder[0]
+    with torch.no_grad():
+        first.bias[0] = -100.0
+    model(tiny_frames()).sum().backward()
+    reached = first.weight.grad[0].abs().sum()
+    assert (reached > 0) == (activation == "leaky_relu")
+    with pytest.raises(ValueError, match="activation must be one of relu, leaky_relu, got 'tanh'"):
+        VideoPredictor(core, SIZE, TEACHER, 8, 2, 2, activation="tanh")
+
+
 def test_model_input_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"frames must be \(B, T, 16, 16\)"):
@@ -240,6 +257,7 @@ def video_overrides(*extra: str) -> list[str]:
         ("data.dataset=pong", r"data\.dataset must be one of"),
         ("data.digit_size=10", r"data\.digit_size applies to dataset mnist only"),
         ("data.speed=0", r"data\.speed"),
+        ("model.conv_activation=gelu", r"model\.conv_activation must be one of relu, leaky_relu, got 'gelu'"),
     ],
 )
 def test_video_config_errors_name_the_problem(override, message):
@@ -247,7 +265,7 @@ def test_video_config_errors_name_the_problem(override, message):
         load_config(overrides=video_overrides(override))
 
 
-@pytest.mark.parametrize("override", ["model.conv_layers=2", "model.frame_skip=true"])
+@pytest.mark.parametrize("override", ["model.conv_layers=2", "model.frame_skip=true", "model.conv_activation=leaky_relu"])
 def test_conv_options_belong_to_the_video_task(override):
     with pytest.raises(ConfigError, match="apply to task video only"):
         load_config(overrides=["task=adding", override])

@@ -140,7 +140,7 @@ class VideoTask(SupervisedExperiment):
 
     name = "video"
     data_config = VideoDataConfig
-    model_fields = ("conv_channels", "conv_layers", "frame_skip")
+    model_fields = ("conv_channels", "conv_layers", "frame_skip", "conv_activation")
     learning_metric = "rollout_bce"
     activity_header = 0.5  # one row of frames
 
@@ -192,7 +192,7 @@ class VideoTask(SupervisedExperiment):
     def build_model(self) -> nn.Module:
         data, model = self.config.data, self.config.model
         return VideoPredictor(model.core, data.frame_size, data.teacher_frames, model.embedding_size,
-                              model.conv_channels, model.conv_layers, model.frame_skip)
+                              model.conv_channels, model.conv_layers, model.frame_skip, model.conv_activation)
 
     def step(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         frames, targets = batch

@@ -17,7 +17,11 @@ targets stay whole: the model must keep track of what it cannot see.
 
 Encoder: ``L`` convolutions ``4x4``, stride 2 (channels ``c, 2c, .., 2^{L-1} c``), ReLU, then
 a linear map to ``E`` and a LayerNorm; the decoder mirrors it (linear, then ``L`` transposed
-convolutions).
+convolutions). With ``activation="leaky_relu"`` every ReLU is a leaky one (slope 0.01): the
+frames are mostly background, and with ReLU a unit whose bias turns negative gives 0 on every
+frame and never learns again; in our bouncing-balls runs at lr 3e-3 the whole encoder died in
+some seeds (every unit of its last convolution 0 or constant on every frame, so the core read
+the same embedding whatever the frame), and no core can learn the motion from that.
 
 With ``frame_skip`` (our addition, not in the papers) the decoder also sees the frame just
 read: its last transposed convolution gives ``c`` maps, and a ``3x3`` convolution over those
@@ -62,12 +66,15 @@ def hide(frames: Tensor, curtain: Curtain | None) -> Tensor:
     return frames * visible  # (..., S, S)
 
 
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}  # LeakyReLU: slope 0.01 below 0
+
+
 class VideoPredictor(nn.Module):
     """Encoder → core → decoder with a teacher-forced prefix and a closed-loop rollout (see the
     module docstring)."""
 
     def __init__(self, core: CoreConfig, frame_size: int, teacher_frames: int, embedding_size: int, channels: int,
-                 conv_layers: int, frame_skip: bool = False) -> None:
+                 conv_layers: int, frame_skip: bool = False, activation: str = "relu") -> None:
         super().__init__()
         check_frame_size(frame_size, conv_layers)
         if teacher_frames < 1:
@@ -75,21 +82,24 @@ class VideoPredictor(nn.Module):
         self.frame_size = frame_size
         self.teacher_frames = teacher_frames
         widths = [1] + [channels * 2**i for i in range(conv_layers)]  # (1, c, 2c, ..)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        nonlinearity = ACTIVATIONS[activation]
         side = frame_size // 2**conv_layers
         encoder: list[nn.Module] = []
         for c_in, c_out in itertools.pairwise(widths):
-            encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nonlinearity()]
         # LayerNorm: unit-scale frame features, so that the input attention's logits are not
         # all near 0 at the start (the sparse frames otherwise give tiny embeddings).
         self.encoder = nn.Sequential(*encoder, nn.Flatten(), nn.Linear(widths[-1] * side * side, embedding_size),
                                      nn.LayerNorm(embedding_size))
         self.core = RecurrentCore(core, embedding_size)
-        decoder: list[nn.Module] = [nn.Linear(core.hidden_size, widths[-1] * side * side), nn.ReLU(),
+        decoder: list[nn.Module] = [nn.Linear(core.hidden_size, widths[-1] * side * side), nonlinearity(),
                                     nn.Unflatten(1, (widths[-1], side, side))]
         if frame_skip:
             widths[0] = channels  # the last transposed convolution gives c maps for the merge
         for c_in, c_out in zip(widths[:0:-1], widths[-2::-1]):
-            decoder += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU()]
+            decoder += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nonlinearity()]
         # Without the skip the last layer gives the logits: no ReLU.
         self.decoder = nn.Sequential(*decoder) if frame_skip else nn.Sequential(*decoder[:-1])
         self.merge = nn.Conv2d(channels + 1, 1, 3, padding=1) if frame_skip else None

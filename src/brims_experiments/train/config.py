@@ -36,6 +36,7 @@ from brims_experiments.config_files import (
 from brims_experiments.experiments import DEFAULT, experiment
 from brims_experiments.run_folder import check_logger
 from brims_experiments.tasks.cores import CoreConfig
+from brims_experiments.tasks.video import ACTIVATIONS
 from brims_experiments.train.schedule import SCHEDULES
 
 
@@ -67,6 +68,9 @@ class ModelConfig:
     conv_channels: video only: channels of the encoder's first convolution (doubled at each next one).
     conv_layers: video only: stride-2 convolutions of the encoder (and transposed ones of the decoder).
     frame_skip: video only: the decoder also sees the frame just read (:mod:`brims_experiments.tasks.video`).
+    conv_activation: video only: the encoder's and decoder's nonlinearity, ``relu`` or ``leaky_relu``
+        (slope 0.01 below 0: a unit that no frame drives above 0 still learns; with ``relu`` the
+        encoder can die, see :mod:`brims_experiments.tasks.video`).
     """
 
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -76,6 +80,7 @@ class ModelConfig:
     conv_channels: int = 16
     conv_layers: int = 3
     frame_skip: bool = False
+    conv_activation: str = "relu"
 
     def __post_init__(self) -> None:
         positive_int("model.embedding_size", self.embedding_size)
@@ -85,6 +90,8 @@ class ModelConfig:
         positive_int("model.conv_channels", self.conv_channels)
         positive_int("model.conv_layers", self.conv_layers)
         require(isinstance(self.frame_skip, bool), f"model.frame_skip must be true or false, got {self.frame_skip!r}")
+        require(self.conv_activation in ACTIVATIONS, f"model.conv_activation must be one of "
+                f"{', '.join(ACTIVATIONS)}, got {self.conv_activation!r}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +164,7 @@ def supervised(name: Any) -> Any:
 
 
 # The model fields that only some experiments read (their ``model_fields``); others keep the defaults.
-OPTIONAL_MODEL_FIELDS = ("dropout", "tie_weights", "conv_channels", "conv_layers", "frame_skip")
+OPTIONAL_MODEL_FIELDS = ("dropout", "tie_weights", "conv_channels", "conv_layers", "frame_skip", "conv_activation")
 
 
 def _fields_in_words(names: tuple[str, ...]) -> str:
