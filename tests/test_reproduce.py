@@ -320,6 +320,27 @@ def test_an_interrupted_session_stops_its_runs_and_is_recorded_so(tmp_path, monk
     assert records[-1]["ended"] == "interrupted"
 
 
+def test_a_terminated_session_stops_its_runs_as_ctrl_c_does(tmp_path, monkeypatch):
+    """``kill`` (SIGTERM) to the runner: its runs are stopped, not left training on their own, the
+    session is recorded as interrupted, and SIGTERM's handler is the caller's again afterwards."""
+    import signal
+
+    from brims_experiments.reproduce import runner
+
+    suite = tiny_suite(tmp_path)
+    started, records = [], []
+    launch = runner._launch
+    monkeypatch.setattr(runner, "_launch", lambda run, state: started.append(launch(run, state)) or started[-1])
+    monkeypatch.setattr(runner.time, "sleep", lambda seconds: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        execute(suite, plan(suite, tmp_path / "runs", tmp_path / "results"), keep_results=False, jobs=2,
+                say=lambda _: None, record=lambda session: records.append(dict(session)))
+    assert len(started) == 2 and all(process.poll() is not None for process in started)
+    assert records[-1]["ended"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 def test_a_run_takes_ctrl_c_even_where_the_runner_ignores_it(tmp_path):
     """A shell starts a script's background jobs with SIGINT ignored, and a child inherits that: the
     runner's runs must not, since the runner stops them with SIGINT (else it would wait on them forever)."""

@@ -138,6 +138,13 @@ def _take_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _stop_as_on_ctrl_c(signum: int, frame: Any) -> None:
+    """SIGTERM (``kill``, a scheduler's stop) ends the runner as Ctrl-C does: it stops its runs, each
+    keeping its last checkpoint, and records the session as interrupted. Without this the runner
+    died at once and left its runs training on their own, their results never collected."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _launch(run: PlannedRun, state: str) -> subprocess.Popen:
     """Start the run's ``brims train`` process, its output appended to ``<run folder>.log``."""
     command = [sys.executable, "-m", "brims_experiments.cli", "train"]
@@ -201,6 +208,7 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
         f"{jobs} at a time")
     running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
     done = len(runs) - len(waiting)
+    on_terminate = signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
         while running or any(fits(run) for run in waiting):
             while len(running) < jobs and (run := next((r for r in waiting if fits(r)), None)) is not None:
@@ -232,6 +240,8 @@ def execute(suite: Suite, runs: list[PlannedRun], keep_results: bool, jobs: int,
         if isinstance(error, KeyboardInterrupt):
             update("interrupted")
         raise
+    finally:
+        signal.signal(signal.SIGTERM, on_terminate)
     for run in waiting:
         outcome[run.name] = "left for later"
         say(f"  left for later: {run.name} (~{run.experiment.minutes[run.model]:.0f} min, more than the "
