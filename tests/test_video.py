@@ -325,6 +325,28 @@ def test_balls_run_writes_metrics_and_figures(balls_run, tmp_path, capsys):
     assert "2 balls, curtain: rollout BCE" in out and (tmp_path / "c.png").is_file()
 
 
+def test_encoder_health_tells_a_dead_encoder_from_a_live_one(balls_run, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("video_encoder_health",
+                                                  Path(__file__).resolve().parents[1] / "scripts" / "video_encoder_health.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    live = script.health(str(balls_run), sequences=8, frames=4)
+    assert live["embedding_spread"] > 0 and 0 <= live["dead_units"] < 1
+    checkpoint = read_checkpoint(balls_run / "checkpoints" / "best.ckpt")
+    last_conv = max(int(key.split(".")[-2]) for key in checkpoint["state_dict"]
+                    if ".encoder." in key and key.endswith(".bias") and checkpoint["state_dict"][key].dim() == 1
+                    and checkpoint["state_dict"][key.replace(".bias", ".weight")].dim() == 4)
+    for key, value in checkpoint["state_dict"].items():  # the last convolution: 0 weights, negative bias
+        if f".encoder.{last_conv}." in key:
+            value.copy_(torch.zeros_like(value) if key.endswith(".weight") else -torch.ones_like(value))
+    dead = tmp_path / "dead.ckpt"
+    torch.save(checkpoint, dead)
+    found = script.health(str(dead), sequences=8, frames=4)
+    assert found["dead_units"] == 1.0 and found["embedding_spread"] < 1e-6  # one embedding for every frame
+
+
 def test_video_run_resumes_after_kill_with_the_same_weights(balls_run, tmp_path):
     config = run_config(tmp_path, "balls", radius=2.0)
     run_dir = tmp_path / "killed"
