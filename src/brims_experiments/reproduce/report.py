@@ -144,7 +144,7 @@ def paired_values(claim: Claim, found: dict[str, list[RunResult]], experiment: E
     """(model, baseline) values of the claim's condition in each seed both models finished, in seed
     order (runs of one seed share their data order, so a seed is a pair); a seed whose runs lack the
     condition's metric is left out."""
-    path = next(c.path for c in experiment.conditions if c.label == claim.condition)
+    path = experiment.condition(claim.condition).path
     ours = {r.seed: r for r in found.get(claim.model, [])}
     theirs = {r.seed: r for r in found.get(claim.baseline, [])}
     pairs = []
@@ -230,7 +230,7 @@ def judge(claim: Claim, found: dict[str, list[RunResult]], experiment: Experimen
     missing = [model for model in (claim.model, claim.baseline) if not found.get(model)]
     if missing:
         return "not run yet" if len(missing) == 2 else f"not run yet ({missing[0]} has no finished run)"
-    condition = next(c for c in experiment.conditions if c.label == claim.condition)
+    condition = experiment.condition(claim.condition)
     pairs = paired_values(claim, found, experiment)
     if not pairs:
         seeds = {r.seed for r in found[claim.model]} & {r.seed for r in found[claim.baseline]}
@@ -243,7 +243,7 @@ def learned_counts(experiment: Experiment, runs: list[RunResult]) -> tuple[int, 
     or None without a criterion or such seeds."""
     if experiment.learned is None:
         return None
-    path = next(c.path for c in experiment.conditions if c.label == experiment.learned.condition)
+    path = experiment.condition(experiment.learned.condition).path
     values = []
     for run in runs:
         try:

@@ -114,9 +114,13 @@ class Experiment:
     run_figures: tuple[str, ...] = ("module_activity.png",)  # shown from each model's first seed, where it has them
     learned: Learned | None = None  # when a run has learned the task at all
 
+    def condition(self, label: str) -> Condition:
+        """The condition labelled ``label``."""
+        return next(c for c in self.conditions if c.label == label)
+
     def better_of(self, label: str) -> str:
         """Whether lower or higher is better for the condition ``label``."""
-        return next(c.better or self.better for c in self.conditions if c.label == label)
+        return self.condition(label).better or self.better
 
     def overrides_for(self, model: str, seed: int) -> list[str]:
         return [*self.overrides, *self.models[model], f"train.seed={seed}", "train.threads=1"]
