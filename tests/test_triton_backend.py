@@ -148,7 +148,7 @@ class Refused:
 
 
 # Each BRIMsConfig field: the parametrised equality test whose configs vary it, or Refused. The kernels
-# (brims/backends/triton_kernels.py) implement every option today; a new field goes here.
+# (brims/backends/triton_kernels.py) implement every option but attended_norm; a new field goes here.
 FUSED_OPTIONS: dict[str, str | Refused] = {
     "input_size": "test_triton_matches_torch_with_option",
     "hidden_sizes": "test_triton_matches_torch_in_training",
@@ -164,6 +164,7 @@ FUSED_OPTIONS: dict[str, str | Refused] = {
     "comm_key_size": "test_triton_matches_torch_with_option",
     "comm_value_size": "test_triton_matches_torch_with_option",
     "attention_dropout": "test_triton_matches_torch_with_option",
+    "attended_norm": Refused(True),
     "batch_first": "test_triton_matches_torch_with_option",
     "backend": "test_triton_matches_torch_in_training",  # the switch: twins() builds each config with both
 }

@@ -57,13 +57,20 @@ class BRIMsConfig:
         comm_key_size: key/query size per communication head.
         comm_value_size: value size per communication head.
         attention_dropout: dropout on the attention probabilities (input and communication).
+        attended_norm: normalise each module's attended input ``a_k`` to zero mean and unit
+            variance over its features (a LayerNorm without gain or bias) before the module's
+            cell reads it. Not in the papers or the authors' code (off by default): without it
+            ``a_k`` has no bound, and in our bouncing-balls runs it grew within the first tens of
+            steps until the first layer's gates saturated and no gradient reached the frame
+            encoder (docs/results.md).
         batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
         backend: how a layer step runs: ``"torch"`` (plain PyTorch that autograd differentiates;
             the reference, and the CPU path) or ``"triton"`` (one fused Triton kernel per layer
             step forward and one backward, for CUDA GPUs; needs ``pip install 'brims[triton]'``;
             tested equal to ``"torch"``; see :mod:`brims.backends.fused`). It implements every
-            option above (tests/test_triton_backend.py classifies each field: an option its kernels
-            do not implement must be refused here, by name).
+            option above but ``attended_norm``, which it refuses (tests/test_triton_backend.py
+            classifies each field: an option its kernels do not implement must be refused here, by
+            name).
     """
 
     input_size: int
@@ -80,6 +87,7 @@ class BRIMsConfig:
     comm_key_size: int = 32
     comm_value_size: int = 32
     attention_dropout: float = 0.1
+    attended_norm: bool = False
     batch_first: bool = False
     backend: str = "torch"
 
@@ -122,10 +130,12 @@ class BRIMsConfig:
             raise ValueError(f"cell must be one of {CELL_TYPES}, got {self.cell!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "triton" and self.attended_norm:
+            raise ValueError("attended_norm=True is not implemented by the triton backend's kernels: use backend='torch'")
         dropout = self.attention_dropout
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {self.attention_dropout!r}")
-        for name in ("top_down", "communication", "batch_first"):
+        for name in ("top_down", "communication", "attended_norm", "batch_first"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")  # noqa: TRY004 - ValueError is the tested contract
 

@@ -59,7 +59,8 @@ class BRIMsLayer(nn.Module):
     2. **Input attention**: each module queries the slots from its own ``h_{t-1}`` and gets
        ``a_k`` and its attention on null (averaged over heads).
     3. **Competition**: the ``k`` modules that attend least to null are active.
-    4. **Independent dynamics**: each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``.
+    4. **Independent dynamics**: each module's own LSTM/GRU proposes ``(h̃, c̃)`` from ``a_k``
+       (normalised first with ``attended_norm``, our option).
     5. **Communication**: modules read ``h̃`` through attention, and active modules add the
        gated read to their proposal.
     6. **Write-back**: active modules take the new state; inactive ones keep ``h, c`` bit for bit.
@@ -91,6 +92,10 @@ class BRIMsLayer(nn.Module):
             attended_size,
             config.attention_dropout,
         )
+        # With attended_norm (not in the papers or the authors' code; see BRIMsConfig), a_k is
+        # normalised over its features before the cell reads it; no parameters, so the state_dict
+        # is the same either way.
+        self.attended_norm = nn.LayerNorm(attended_size, elementwise_affine=False) if config.attended_norm else nn.Identity()
         self.cell = make_cell(config.cell, self.num_modules, attended_size, module_size)
         self.communication = None
         if config.communication:
@@ -128,7 +133,7 @@ class BRIMsLayer(nn.Module):
         keep = active.unsqueeze(-1)  # (n, B, 1)
 
         # 4. Independent dynamics: every module's own cell (the inactive modules' proposals are dropped).
-        h_proposed, c_proposed = self.cell(attended, h, c)  # (n, B, m) each
+        h_proposed, c_proposed = self.cell(self.attended_norm(attended), h, c)  # (n, B, m) each
 
         # 5. Communication: read h̃ (the inactive modules' h_{t-1}, detached) and add to the proposals.
         if self.communication is not None:
