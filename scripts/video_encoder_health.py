@@ -3,18 +3,22 @@
     python scripts/video_encoder_health.py runs/video/balls/brims/seed0 runs/pilots/video/balls3-lstm-leaky-s1
 
 For each run folder (its best checkpoint) or ``.ckpt`` file: the encoder reads the first
-``--frames`` true frames of ``--sequences`` bouncing-balls test sequences of the run's own data
-settings, and the script prints
+``--frames`` true frames of ``--sequences`` bouncing-balls sequences of the run's own data
+settings (the gradient, below, the whole sequences, rollout included), and the script prints
 
 - the share of the last convolution's units that are 0 on every frame (dead ReLUs: no gradient
   reaches them again),
 - the spread of the embedding the core reads, over frames (the standard deviation per feature,
   averaged over features) against its size (the mean absolute value): a spread near 0 means the
-  core reads nearly the same input whatever the frame, and cannot learn the motion from it.
+  core reads nearly the same input whatever the frame, and cannot learn the motion from it;
+- how much of the training loss's gradient the core passes back to the encoder: the mean norm of
+  the gradient on the embedding it reads, per frame, over the mean norm of the gradient on its
+  output, per frame (0 when the core ignores its input: then the encoder cannot learn either).
 
 In our bouncing-balls runs at lr 3e-3 with ReLU, a whole encoder died in some seeds (spread exactly
 0); with ``model.conv_activation=leaky_relu`` none dies, but in BRIMs the spread stayed near 1% of
-the size while the LSTM's grew to most of it (results/pilots/README.md).
+the size while the LSTM's grew to most of it, and BRIMs passed back about 1e-6 of the gradient the
+LSTM passed (results/pilots/README.md).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from brims_experiments import load_run
 from brims_experiments.data.bouncing_balls import BallsConfig, draw_balls
-from brims_experiments.tasks.video import VideoPredictor
+from brims_experiments.tasks.video import VideoPredictor, bce_per_frame
 
 
 def health(path: str, sequences: int, frames: int) -> dict[str, float]:
@@ -34,16 +38,35 @@ def health(path: str, sequences: int, frames: int) -> dict[str, float]:
     data = run.config.data
     if getattr(data, "dataset", None) != "balls":
         raise SystemExit(f"{path}: not a bouncing-balls video run")
-    balls = BallsConfig(data.frame_size, frames, data.objects, data.radius, data.speed)
+    balls = BallsConfig(data.frame_size, data.frames, data.objects, data.radius, data.speed)
     video = draw_balls(balls, [torch.Generator().manual_seed(10_000 + i) for i in range(sequences)])  # (N, T, S, S)
     with torch.no_grad():
-        read = video.transpose(0, 1)  # (T, N, S, S)
-        flat = read.reshape(-1, 1, data.frame_size, data.frame_size)
-        convolved = predictor.encoder[:-3](flat)  # the last convolution's activations, (T*N, C, s, s)
-        embedding = predictor.encode(read).flatten(0, 1)  # (T*N, E)
+        read = video[:, :frames].transpose(0, 1)  # (frames, N, S, S)
+        convolved = predictor.feature_maps(read.flatten(0, 1))  # (frames*N, C, s, s)
+        embedding = predictor.encode(read).flatten(0, 1)  # (frames*N, E)
     return {"dead_units": (convolved == 0).all(0).float().mean().item(),
             "embedding_spread": embedding.std(0).mean().item(),
-            "embedding_size": embedding.abs().mean().item()}
+            "embedding_size": embedding.abs().mean().item(),
+            "gradient_passed": gradient_passed(predictor, video)}
+
+
+def gradient_passed(predictor: VideoPredictor, video: torch.Tensor) -> float:
+    """Mean per-frame gradient norm on the embedding the core reads over that on the core's output,
+    under the binary cross-entropy of the predicted frames (the training loss, up to a scale)."""
+    grads: dict[str, list[torch.Tensor]] = {"embedding": [], "output": []}
+
+    def keep(name: str, tensor: torch.Tensor) -> None:
+        tensor.register_hook(lambda grad: grads[name].append(grad.flatten(0, -2).norm(dim=-1)))
+
+    hooks = [predictor.encoder.register_forward_hook(lambda module, args, out: keep("embedding", out)),
+             predictor.core.register_forward_hook(lambda module, args, out: keep("output", out[0]))]
+    try:
+        predictor.zero_grad()
+        bce_per_frame(predictor(video), video[:, 1:]).mean().backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return (torch.cat(grads["embedding"]).mean() / torch.cat(grads["output"]).mean()).item()
 
 
 def main() -> None:
@@ -53,11 +76,11 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| run | dead units of the last convolution | embedding spread over frames | embedding size |")
-    print("|---|---:|---:|---:|")
+    print("| run | dead units of the last convolution | embedding spread over frames | embedding size | gradient passed to the encoder |")
+    print("|---|---:|---:|---:|---:|")
     for path in args.runs:
         found = health(path, args.sequences, args.frames)
-        print(f"| {path} | {found['dead_units']:.0%} | {found['embedding_spread']:.4f} | {found['embedding_size']:.3f} |")
+        print(f"| {path} | {found['dead_units']:.0%} | {found['embedding_spread']:.4f} | {found['embedding_size']:.3f} | {found['gradient_passed']:.1e} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -299,6 +300,14 @@ def run_config(tmp_path: Path, dataset: str, **data) -> Path:
     return path
 
 
+def load_script(name: str):
+    """A module of scripts/ (not a package), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 @pytest.fixture(scope="module")
 def balls_run(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("video")
@@ -326,12 +335,7 @@ def test_balls_run_writes_metrics_and_figures(balls_run, tmp_path, capsys):
 
 
 def test_encoder_health_tells_a_dead_encoder_from_a_live_one(balls_run, tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("video_encoder_health",
-                                                  Path(__file__).resolve().parents[1] / "scripts" / "video_encoder_health.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("video_encoder_health")
     live = script.health(str(balls_run), sequences=8, frames=4)
     assert live["embedding_spread"] > 0 and 0 <= live["dead_units"] < 1
     checkpoint = read_checkpoint(balls_run / "checkpoints" / "best.ckpt")
@@ -345,6 +349,18 @@ def test_encoder_health_tells_a_dead_encoder_from_a_live_one(balls_run, tmp_path
     torch.save(checkpoint, dead)
     found = script.health(str(dead), sequences=8, frames=4)
     assert found["dead_units"] == 1.0 and found["embedding_spread"] < 1e-6  # one embedding for every frame
+
+
+def test_encoder_health_measures_the_gradient_the_core_passes_back(balls_run, tmp_path):
+    script = load_script("video_encoder_health")
+    assert script.health(str(balls_run), sequences=4, frames=4)["gradient_passed"] > 1e-4
+    checkpoint = read_checkpoint(balls_run / "checkpoints" / "best.ckpt")
+    for key, value in checkpoint["state_dict"].items():  # the first layer reads nothing from the frames
+        if key.endswith("layers.0.input_attention.bottom_up.weight"):
+            value.zero_()
+    deaf = tmp_path / "deaf.ckpt"
+    torch.save(checkpoint, deaf)
+    assert script.health(str(deaf), sequences=4, frames=4)["gradient_passed"] == 0.0
 
 
 def test_video_run_resumes_after_kill_with_the_same_weights(balls_run, tmp_path):

@@ -104,6 +104,10 @@ class VideoPredictor(nn.Module):
         self.decoder = nn.Sequential(*decoder) if frame_skip else nn.Sequential(*decoder[:-1])
         self.merge = nn.Conv2d(channels + 1, 1, 3, padding=1) if frame_skip else None
 
+    def feature_maps(self, frames: Tensor) -> Tensor:
+        """``(N, S, S)`` → the last convolution's activations ``(N, C, S/2^L, S/2^L)`` (for diagnostics)."""
+        return self.encoder[:-3](frames.reshape(-1, 1, self.frame_size, self.frame_size))  # before Flatten, Linear, LayerNorm
+
     def encode(self, frames: Tensor) -> Tensor:
         """``(T, B, S, S)`` → ``(T, B, E)``."""
         steps, batch = frames.shape[:2]
