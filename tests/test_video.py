@@ -363,6 +363,22 @@ def test_encoder_health_measures_the_gradient_the_core_passes_back(balls_run, tm
     assert script.health(str(deaf), sequences=4, frames=4)["gradient_passed"] == 0.0
 
 
+def test_first_steps_probe_reports_every_layer_and_normalises_with_attended_norm(balls_run, capsys, monkeypatch):
+    script = load_script("video_first_steps")
+    for extra in ([], ["--attended-norm"]):
+        monkeypatch.setattr(sys, "argv", ["video_first_steps.py", str(balls_run), "--steps", "2", "--every", "1", *extra])
+        script.main()
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].endswith(f"attended_norm {bool(extra)}")
+        rows = [line.strip("| ").split(" | ") for line in lines[2:]]
+        assert [row[0] for row in rows] == ["0", "1", "2"]
+        layers = [[float(cell.split(", ")[0]) for cell in row[2:-1]] for row in rows]  # mean |cell input| per layer
+        assert all(len(sizes) == 2 for sizes in layers)  # TINY_CORE's two layers
+        if extra:  # normalised over each module's features: mean |x| of a unit-variance vector, below 1
+            assert all(0.5 < size <= 1.0 for sizes in layers for size in sizes)
+        assert all(float(row[-1]) > 0 for row in rows)  # the encoder gets a gradient
+
+
 def test_video_run_resumes_after_kill_with_the_same_weights(balls_run, tmp_path):
     config = run_config(tmp_path, "balls", radius=2.0)
     run_dir = tmp_path / "killed"
