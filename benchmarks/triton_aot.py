@@ -138,9 +138,11 @@ def _models_and_aliases() -> dict[str, tuple[Any, list[str]]]:
             for model, overrides in experiment.models.items():
                 config = load_any_config(resolve_config(experiment.preset), [*experiment.overrides, *overrides])
                 cores.append((f"{suite}/{experiment.name}/{model}", config.model.core))
-    # A core with attended_norm has no fused kernels to compile: the triton backend refuses it.
-    named += [(name, config) for name, config in ((name, core.brims_config(input_size=1)) for name, core in cores
-                                                  if core.is_modular_kind) if not config.attended_norm]
+    for name, core in cores:
+        if core.is_modular_kind:
+            config = core.brims_config(input_size=1)
+            if not config.attended_norm:  # the triton backend refuses attended_norm: no fused kernels to compile
+                named.append((name, config))
     found: dict[Any, tuple[str, Any, list[str]]] = {}
     for name, config in named:
         key = dataclasses.replace(config, input_size=1, backend="triton", cell="lstm")

@@ -28,7 +28,7 @@ import argparse
 import torch
 
 from brims_experiments import load_run
-from brims_experiments.data.bouncing_balls import BallsConfig, draw_balls
+from brims_experiments.data.bouncing_balls import draw_balls
 from brims_experiments.tasks.video import VideoPredictor, bce_per_frame
 
 
@@ -38,7 +38,7 @@ def health(path: str, sequences: int, frames: int) -> dict[str, float]:
     data = run.config.data
     if getattr(data, "dataset", None) != "balls":
         raise SystemExit(f"{path}: not a bouncing-balls video run")
-    balls = BallsConfig(data.frame_size, data.frames, data.objects, data.radius, data.speed)
+    balls = data.generator_config(data.objects)
     video = draw_balls(balls, [torch.Generator().manual_seed(10_000 + i) for i in range(sequences)])  # (N, T, S, S)
     with torch.no_grad():
         read = video[:, :frames].transpose(0, 1)  # (frames, N, S, S)

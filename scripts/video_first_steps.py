@@ -23,7 +23,7 @@ import torch
 
 from brims.grouped import GroupedLSTMCell
 from brims_experiments import load_run
-from brims_experiments.data.bouncing_balls import BallsConfig, draw_balls
+from brims_experiments.data.bouncing_balls import draw_balls
 from brims_experiments.tasks.video import VideoPredictor, bce_per_frame
 
 SATURATED = 4.0  # |pre-activation| beyond which sigmoid' < 0.018
@@ -69,7 +69,7 @@ def main() -> None:
     predictor, config = build(args.run, args.attended_norm)
     data, train = config.data, config.train
     optimizer = torch.optim.Adam(predictor.parameters(), lr=train.lr)
-    balls = BallsConfig(data.frame_size, data.frames, data.objects, data.radius, data.speed)
+    balls = data.generator_config(data.objects)
     generator = torch.Generator().manual_seed(1)
     seen = watch_cells(predictor)
     encoder = [p for name, p in predictor.named_parameters() if name.startswith("encoder.")]
