@@ -99,16 +99,16 @@ def test_models_are_every_presets_and_suites_modular_core():
     from brims_experiments.reproduce.suites import load_suite
     from brims_experiments.suites import suite_names
     from brims_experiments.tasks.cores import MODULAR_KINDS
-    from brims_experiments.train.commands import preset_names
+    from brims_experiments.train.commands import load_any_config, preset_names, resolve_config
 
     names = {name for model in aot.models() for name in aot.aliases(model)}
     assert set(preset_names()) <= names
     for suite in suite_names():
         for experiment in load_suite(suite).experiments:
             for model, overrides in experiment.models.items():
-                kind = next((o.split("=")[1] for o in overrides if o.startswith("model.core.kind=")), "brims")
-                fused = "model.core.brims.attended_norm=true" not in [*experiment.overrides, *overrides]
-                assert (f"{suite}/{experiment.name}/{model}" in names) == (kind in MODULAR_KINDS and fused), (suite, model)
+                core = load_any_config(resolve_config(experiment.preset), [*experiment.overrides, *overrides]).model.core
+                fused = core.kind in MODULAR_KINDS and not core.option("attended_norm")  # triton refuses attended_norm
+                assert (f"{suite}/{experiment.name}/{model}" in names) == fused, (suite, model)
     assert aot.canonical("smnist-paper") == "released"
     for launches in aot.DEFAULT_LAUNCHES:
         aot.canonical(launches.model)

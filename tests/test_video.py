@@ -365,18 +365,34 @@ def test_encoder_health_measures_the_gradient_the_core_passes_back(balls_run, tm
 
 def test_first_steps_probe_reports_every_layer_and_normalises_with_attended_norm(balls_run, capsys, monkeypatch):
     script = load_script("video_first_steps")
-    for extra in ([], ["--attended-norm"]):
+    for extra, normalised in (([], False), (["--attended-norm"], True), (["--no-attended-norm"], False)):
         monkeypatch.setattr(sys, "argv", ["video_first_steps.py", str(balls_run), "--steps", "2", "--every", "1", *extra])
         script.main()
         lines = capsys.readouterr().out.splitlines()
-        assert lines[0].endswith(f"attended_norm {bool(extra)}")
+        assert lines[0].endswith(f"attended_norm {normalised}")  # the built model's setting, not the flag
         rows = [line.strip("| ").split(" | ") for line in lines[2:]]
         assert [row[0] for row in rows] == ["0", "1", "2"]
         layers = [[float(cell.split(", ")[0]) for cell in row[2:-1]] for row in rows]  # mean |cell input| per layer
         assert all(len(sizes) == 2 for sizes in layers)  # TINY_CORE's two layers
-        if extra:  # normalised over each module's features: mean |x| of a unit-variance vector, below 1
+        if normalised:  # normalised over each module's features: mean |x| of a unit-variance vector, below 1
             assert all(0.5 < size <= 1.0 for sizes in layers for size in sizes)
         assert all(float(row[-1]) > 0 for row in rows)  # the encoder gets a gradient
+
+
+def test_video_probes_end_in_one_message_for_a_folder_that_is_not_a_balls_run(balls_run, tmp_path, monkeypatch):
+    first_steps, health = load_script("video_first_steps"), load_script("video_encoder_health")
+    with pytest.raises(SystemExit, match="not a video run folder"):
+        first_steps.build(str(tmp_path), None)
+    with pytest.raises(SystemExit, match=str(tmp_path)):  # no checkpoint there: the loader's message
+        health.health(str(tmp_path), sequences=2, frames=2)
+    with pytest.raises(SystemExit, match="--frames 99: the run's sequences have 6 frames"):
+        health.health(str(balls_run), sequences=2, frames=99)
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "config.yaml").write_text((balls_run / "config.yaml").read_text())  # a config, no checkpoint
+    with pytest.raises(SystemExit, match="unreadable"):
+        health.health(str(unreadable), sequences=2, frames=2)
+    assert first_steps.build(str(unreadable), True).config.model.core.option("attended_norm") is True
 
 
 def test_video_run_resumes_after_kill_with_the_same_weights(balls_run, tmp_path):

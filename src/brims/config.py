@@ -62,7 +62,11 @@ class BRIMsConfig:
             cell reads it. Not in the papers or the authors' code (off by default): without it
             ``a_k`` has no bound, and in our bouncing-balls runs it grew within the first tens of
             steps until the first layer's gates saturated and no gradient reached the frame
-            encoder (docs/results.md).
+            encoder (docs/results.md). What it removes with the scale: the null slot's value is
+            zero, so attending to null shrinks ``a_k`` by ``1 - p_null``; normalised, an active
+            module's cell no longer sees how much of its attention went to null (only the
+            direction of ``a_k`` and, with several heads, their relative sizes). Which modules
+            update is chosen before the norm and does not change.
         batch_first: inputs and outputs are ``(B, T, F)`` instead of ``(T, B, F)``.
         backend: how a layer step runs: ``"torch"`` (plain PyTorch that autograd differentiates;
             the reference, and the CPU path) or ``"triton"`` (one fused Triton kernel per layer
