@@ -164,6 +164,25 @@ def test_output_shapes_for_every_core(kind, frame_skip):
         assert all(active.shape[0] == FRAMES - 1 for active in diagnostics.active)  # one entry per step
 
 
+@pytest.mark.parametrize("frame_skip", [False, True])
+def test_channels_last_convolutions_compute_what_contiguous_ones_do(frame_skip):
+    """The predictor keeps its convolutions channels-last (for speed); the logits and every gradient
+    equal those of the same weights laid out contiguously."""
+    model = tiny_model("brims", frame_skip).train()
+    convolutions = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
+    assert not all(m.weight.is_contiguous() for m in convolutions)  # not trivially both (1x1 maps would be)
+    contiguous = tiny_model("brims", frame_skip).train().to(memory_format=torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in contiguous.modules() if isinstance(m, torch.nn.Conv2d))
+    frames = tiny_frames()
+    logits = [each(frames) for each in (model, contiguous)]  # (B, T-1, S, S) each; no dropout in tiny_model
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
+    for each in logits:
+        each.square().mean().backward()
+    for (name, ours), theirs in zip(model.named_parameters(), contiguous.parameters(), strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("kind, frame_skip", [("brims", False), ("lstm", False), ("lstm", True)])
 def test_rollout_reads_only_the_teacher_forced_prefix(kind, frame_skip):
     model = tiny_model(kind, frame_skip)

