@@ -30,7 +30,7 @@ import torch
 from brims_experiments import load_run
 from brims_experiments.checkpoints import CheckpointError
 from brims_experiments.config_files import ConfigError
-from brims_experiments.data.bouncing_balls import draw_balls
+from brims_experiments.experiments.video import VideoTask
 from brims_experiments.tasks.video import VideoPredictor, bce_per_frame
 
 
@@ -47,8 +47,8 @@ def health(path: str, sequences: int, frames: int) -> dict[str, float]:
     if frames > data.frames:
         raise SystemExit(f"--frames {frames}: the run's sequences have {data.frames} frames")
     predictor = next(m for m in run.model.modules() if isinstance(m, VideoPredictor))
-    balls = data.generator_config(data.objects)
-    video = draw_balls(balls, [torch.Generator().manual_seed(10_000 + i) for i in range(sequences)])  # (N, T, S, S)
+    draw = VideoTask(run.config).draw_each(data.objects, "train")
+    video, _ = draw([torch.Generator().manual_seed(10_000 + i) for i in range(sequences)])  # (N, T, S, S)
     with torch.no_grad():
         read = video[:, :frames].transpose(0, 1)  # (frames, N, S, S)
         convolved = predictor.feature_maps(read.flatten(0, 1))  # (frames*N, C, s, s)

@@ -24,7 +24,7 @@ import torch
 
 from brims.grouped import GroupedLSTMCell
 from brims_experiments.config_files import ConfigError
-from brims_experiments.experiments import experiment_of, task_of
+from brims_experiments.experiments import task_of
 from brims_experiments.experiments.video import VideoTask
 from brims_experiments.run_folder import CONFIG_FILE
 
@@ -38,7 +38,7 @@ def build(path: str, attended_norm: bool | None) -> VideoTask:
         raise SystemExit(f"{path}: not a video run folder (no {CONFIG_FILE} with task: video)")
     overrides = [] if attended_norm is None else [f"model.core.brims.attended_norm={str(attended_norm).lower()}"]
     try:
-        config = experiment_of(config_file).load_config(config_file, overrides)
+        config = VideoTask.load_config(config_file, overrides)
     except ConfigError as error:
         raise SystemExit(f"{config_file}: {error}") from None
     if config.data.dataset != "balls":

@@ -171,7 +171,7 @@ def test_channels_last_convolutions_compute_what_contiguous_ones_do(frame_skip):
     model = tiny_model("brims", frame_skip).train()
     convolutions = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     assert convolutions and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convolutions)
-    assert not all(m.weight.is_contiguous() for m in convolutions)  # not trivially both (1x1 maps would be)
+    assert not all(m.weight.is_contiguous() for m in convolutions)  # not trivially both (a 1-channel weight is)
     contiguous = tiny_model("brims", frame_skip).train().to(memory_format=torch.contiguous_format)
     assert all(m.weight.is_contiguous() for m in contiguous.modules() if isinstance(m, torch.nn.Conv2d))
     frames = tiny_frames()
@@ -398,7 +398,7 @@ def test_first_steps_probe_reports_every_layer_and_normalises_with_attended_norm
         assert all(float(row[-1]) > 0 for row in rows)  # the encoder gets a gradient
 
 
-def test_video_probes_end_in_one_message_for_a_folder_that_is_not_a_balls_run(balls_run, tmp_path, monkeypatch):
+def test_video_probes_end_in_one_message_for_a_folder_that_is_not_a_balls_run(balls_run, tmp_path):
     first_steps, health = load_script("video_first_steps"), load_script("video_encoder_health")
     with pytest.raises(SystemExit, match="not a video run folder"):
         first_steps.build(str(tmp_path), None)
