@@ -118,6 +118,24 @@ def test_a_failed_rl_start_leaves_nothing_that_blocks_the_retry(tmp_path, capsys
     assert brims("train", "rl-cartpole-cpu", "--run-dir", str(run), "--no-progress", "--set", *tiny) == 0
 
 
+@pytest.mark.parametrize("preset", ["copying-cpu", "rl-cartpole-cpu"])
+def test_a_run_folder_of_another_task_is_refused_before_anything_starts(tmp_path, capsys, preset):
+    """Refused from the folder's config alone: before the compile banner, the trainer or the
+    environments, and with the folder's task named (not a field the other task lacks)."""
+    from brims_experiments.train.config import load_config
+
+    run = tmp_path / "adding-run"
+    run.mkdir()
+    held = load_config(adding_config(tmp_path)).to_yaml()
+    (run / "config.yaml").write_text(held)
+    assert brims("train", preset, "--run-dir", str(run), "--no-progress") == 2
+    out, err = capsys.readouterr()
+    assert f"holds a run of task adding, not {preset.split('-')[0]}" in err, err
+    assert "compiling" not in out
+    assert sorted(path.name for path in run.iterdir()) == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == held
+
+
 # ---- one message, never a traceback -----------------------------------------------------------------
 
 

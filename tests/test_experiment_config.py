@@ -135,6 +135,26 @@ def test_malformed_override(assignment):
         parse_overrides([assignment])
 
 
+@pytest.mark.parametrize("assignment", ["train.epochs=[1", "train.epochs=!!python/name:os.system", "a={b: [}"])
+def test_override_value_that_is_not_plain_yaml(assignment):
+    with pytest.raises(ConfigError, match="not plain YAML"):
+        parse_overrides([assignment])
+
+
+@pytest.mark.parametrize(
+    ("assignments", "prefix"),
+    [(["train.epochs=1", "train.epochs.x=2"], "train.epochs"), (["train=2", "train.epochs=1"], "train"),
+     (["train.epochs=1", "train=2"], "train")],
+)
+def test_overrides_of_a_field_and_a_field_inside_it_conflict(assignments, prefix):
+    with pytest.raises(ConfigError, match=f"conflicts with another override of {prefix}$"):
+        parse_overrides(assignments)
+
+
+def test_a_later_override_of_the_same_field_replaces_it():
+    assert parse_overrides(["train.epochs=1", "train.lr=0.1", "train.epochs=2"]) == {"train": {"epochs": 2, "lr": 0.1}}
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

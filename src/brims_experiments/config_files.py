@@ -110,17 +110,32 @@ def load_yaml(text: str) -> Any:
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
-    """``["train.epochs=3", "model.core.kind=lstm"]`` → nested dict (values parsed as YAML)."""
+    """``["train.epochs=3", "model.core.kind=lstm"]`` → nested dict (values parsed as YAML).
+
+    A later override of the same field replaces an earlier one; a field and a field inside it
+    (``train=2`` with ``train.epochs=1``) conflict.
+    """
     nested: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {assignment!r} must look like section.field=value")
+        try:
+            value = load_yaml(text)
+        except yaml.YAMLError as error:
+            reason = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"override {assignment!r}: the value is not plain YAML ({reason})") from None
         node = nested
         parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = load_yaml(text)
+        for depth, part in enumerate(parts):
+            prefix = ".".join(parts[: depth + 1])
+            last = depth == len(parts) - 1
+            if part in node and isinstance(node[part], dict) == last:  # a later value of the same field replaces it
+                raise ConfigError(f"override {assignment!r} conflicts with another override of {prefix}")
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
     return nested
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from brims_experiments.checkpoints import FORMAT_KEY
 from brims_experiments.compile_cache import CACHE_ENV
-from brims_experiments.config_files import ConfigError, require
+from brims_experiments.config_files import ConfigError, load_yaml, require
 from brims_experiments.data.store import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -32,23 +33,43 @@ METRICS_FILE = "metrics.json"
 TRAIN_TIME_FILE = "train_time.json"
 
 
+def check_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any]) -> Any | None:
+    """The config of the run ``run_dir`` holds (read with ``load``), None if it holds none; a
+    :class:`ConfigError` if that run is of another task or has another config than ``config``.
+    Only reads: run it before anything is built or announced."""
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        return None
+    if config is not None:
+        try:
+            held = load_yaml(saved.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            held = None  # ``load`` says what is wrong with the file
+        held_task = held.get("task") if isinstance(held, dict) else None
+        if held_task is not None and held_task != config.task:
+            raise ConfigError(f"{run_dir} holds a run of task {held_task}, not {config.task}: "
+                              "choose another --run-dir")
+    existing = load(saved)
+    if config is not None and config != existing:
+        changed = differing_fields(config.as_dict(), existing.as_dict())
+        raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
+                          f"resume it with `brims train {run_dir}` or choose another --run-dir")
+    return existing
+
+
 def prepare_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any]) -> Any:
-    """Create the folder with ``config`` or, for an existing one, check ``config`` matches it.
+    """Create the folder with ``config`` or, for an existing one, check ``config`` matches it
+    (:func:`check_run_dir`).
 
     ``config=None`` resumes with the folder's own config (read with ``load``).
     """
-    saved = run_dir / CONFIG_FILE
-    if saved.is_file():
-        existing = load(saved)
-        if config is not None and config != existing:
-            changed = differing_fields(config.as_dict(), existing.as_dict())
-            raise ConfigError(f"{run_dir} holds a run with a different config (differs in {', '.join(changed)}); "
-                              f"resume it with `brims train {run_dir}` or choose another --run-dir")
+    existing = check_run_dir(run_dir, config, load)
+    if existing is not None:
         return existing
     if config is None:
         raise ConfigError(f"{run_dir} holds no run ({CONFIG_FILE} missing); give a config to start one")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, config.to_yaml())
+    atomic_write_text(run_dir / CONFIG_FILE, config.to_yaml())
     return config
 
 

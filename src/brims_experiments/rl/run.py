@@ -54,6 +54,7 @@ from brims_experiments.run_folder import (
     TRAIN_TIME_FILE,
     TrainingSession,
     check_checkpoint_config,
+    check_run_dir,
     prepare_run_dir,
     read_json,
     results_folder,
@@ -126,6 +127,7 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
         config = prepare_run_dir(run_dir, None, load_rl_config)  # resume with the folder's own config
     # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
     # nothing that blocks the corrected command.
+    check_run_dir(run_dir, config, load_rl_config)  # a folder of another run
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces
     device = check_device(config.train.device, "train.device")
     config.model.core.check_device(device.type, "train.device=cuda")
