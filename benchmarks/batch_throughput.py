@@ -111,8 +111,10 @@ def main() -> None:
     print(f"| experiment | model | batch | samples/s | vs batch {args.batches[0]} |\n|---|---|---:|---:|---:|")
     print("\n".join(rows))
     if args.json:
-        args.json.write_text(json.dumps({"suite": args.suite, "eager": args.eager, "threads": args.threads, "repeats": args.repeats,
-                                         "samples_per_second": numbers}, indent=2) + "\n")
+        from brims_experiments.data.store import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"suite": args.suite, "eager": args.eager, "threads": args.threads,
+                                                 "repeats": args.repeats, "samples_per_second": numbers}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -311,9 +311,7 @@ def main() -> None:
     text = tables(args.batches, args.steps, args.settings, aot)
     print(text)
     if args.write_docs:
-        docs = args.write_docs.read_text()
-        start, end = docs.index(DOCS_BEGIN) + len(DOCS_BEGIN), docs.index(DOCS_END)
-        args.write_docs.write_text(docs[:start] + "\n" + text + "\n" + docs[end:])
+        aot.write_docs(args.write_docs, text, DOCS_BEGIN, DOCS_END)
 
 
 if __name__ == "__main__":

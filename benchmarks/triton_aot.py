@@ -464,11 +464,14 @@ def model_summary(kernels: list[Kernel], results: dict[tuple[int, str], dict]) -
 DOCS_BEGIN, DOCS_END = "<!-- triton_aot.py tables: begin -->", "<!-- triton_aot.py tables: end -->"
 
 
-def write_docs(path: Path, text: str) -> None:
-    """Replace what lies between ``DOCS_BEGIN`` and ``DOCS_END`` in ``path`` with ``text``."""
+def write_docs(path: Path, text: str, begin: str = DOCS_BEGIN, end: str = DOCS_END) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` in ``path`` with ``text`` (the
+    file replaced whole, so that a kill leaves the old one)."""
+    from brims_experiments.data.store import atomic_write_text
+
     docs = path.read_text()
-    start, end = docs.index(DOCS_BEGIN) + len(DOCS_BEGIN), docs.index(DOCS_END)
-    path.write_text(docs[:start] + "\n" + text + "\n" + docs[end:])
+    start, stop = docs.index(begin) + len(begin), docs.index(end)
+    atomic_write_text(path, docs[:start] + "\n" + text + "\n" + docs[stop:])
 
 
 def main() -> None:

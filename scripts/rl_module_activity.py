@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brims_experiments.data.store import atomic_write_text
 from brims_experiments.rl.envs import make_vector_env
 from brims_experiments.rl.run import EVAL_SEED, load_agent
 
@@ -99,7 +100,7 @@ def main() -> None:
                   f"{layer['active_steps_after_an_active_step']:.0%} of active steps follow an active step, "
                   f"attention {layer['attention_mean']}")
     if args.json:
-        args.json.write_text(json.dumps(found, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(found, indent=2) + "\n")
 
 
 if __name__ == "__main__":

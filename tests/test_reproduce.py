@@ -613,3 +613,38 @@ def test_runs_by_day_counts_every_training_session_of_the_finished_runs(tmp_path
                                                                          for s in starts]}))
     table = runs_by_day(suite, tmp_path)
     assert "| 2026-12-01 | 1 | 0.5 |" in table and "| 2026-12-02 | 2 | 1.0 |" in table
+
+
+def test_collect_replaces_a_results_folder_whole_and_a_failed_swap_keeps_the_earlier_copy(tmp_path, monkeypatch):
+    from brims_experiments.reproduce.runner import PlannedRun, collect
+
+    run_dir, result_dir = tmp_path / "run", tmp_path / "results" / "seed0"
+    (run_dir / "logs").mkdir(parents=True)
+    for name, text in [("config.yaml", "task: adding\n"), ("train_time.json", "{}"), ("logs/metrics.csv", "a\n1\n")]:
+        (run_dir / name).write_text(text)
+    (run_dir / "metrics.json").write_text(json.dumps({"checkpoint": "/elsewhere/checkpoints/best.ckpt", "v": 2}))
+    (run_dir / "figure.png").write_bytes(b"png")
+    result_dir.mkdir(parents=True)
+    (result_dir / "metrics.json").write_text(json.dumps({"v": 1}))
+    (result_dir / "stale.png").write_bytes(b"old")
+    run = PlannedRun(experiment=None, model="lstm", seed=0, run_dir=run_dir, result_dir=result_dir)
+
+    real_rename = Path.rename
+
+    def kill_at_the_second_rename(self, target):
+        if str(self).endswith(".partial"):
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", kill_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        collect(run)
+    earlier = result_dir.with_name("seed0.replaced")
+    assert json.loads((earlier / "metrics.json").read_text()) == {"v": 1}  # set aside, not deleted
+    monkeypatch.setattr(Path, "rename", real_rename)
+
+    collect(run)
+    assert sorted(p.name for p in result_dir.parent.iterdir()) == ["seed0"]  # no staging, no earlier copy
+    assert sorted(str(p.relative_to(result_dir)) for p in result_dir.rglob("*") if p.is_file()) == [
+        "config.yaml", "figure.png", "logs/metrics.csv", "metrics.json", "train_time.json"]
+    assert json.loads((result_dir / "metrics.json").read_text()) == {"checkpoint": "best.ckpt", "v": 2}

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from brims_experiments.data.store import atomic_write_text
 from brims_experiments.figures import save_figure
 from brims_experiments.reproduce.suites import Claim, Experiment, Suite, model_name
 from brims_experiments.run_folder import (
@@ -635,7 +636,7 @@ def update_readme(readme: Path, suite: Suite, results: Path) -> bool:
         return False
     block = readme_block(suite, results)
     text = re.sub(re.escape(begin) + r"\n.*?" + re.escape(end), lambda _: f"{begin}\n{block}{end}", text, flags=re.DOTALL)
-    readme.write_text(text)
+    atomic_write_text(readme, text)
     return True
 
 
@@ -721,5 +722,5 @@ def write_report(suite: Suite, results: Path) -> Path:
         lines.append("")
     lines += runs_by_day(suite, results)
     path = results / REPORT_FILE
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path

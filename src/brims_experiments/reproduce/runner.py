@@ -109,8 +109,16 @@ def collect(run: PlannedRun) -> None:
     metrics = json.loads((staging / METRICS_FILE).read_text())
     metrics["checkpoint"] = Path(metrics.get("checkpoint", "")).name  # not this machine's path
     atomic_write_text(staging / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
-    shutil.rmtree(run.result_dir, ignore_errors=True)
+    # The earlier copy is set aside, not deleted, until the new one is in place: a kill at any point
+    # leaves a complete results folder (or, between the renames, the earlier one beside it).
+    replaced = run.result_dir.with_name(run.result_dir.name + ".replaced")
+    if replaced.exists() and not run.result_dir.exists():  # a kill between the renames: restore it first
+        replaced.rename(run.result_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
+    if run.result_dir.exists():
+        run.result_dir.rename(replaced)
     staging.rename(run.result_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def machine() -> dict[str, Any]:
