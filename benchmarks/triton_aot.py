@@ -4,7 +4,7 @@ A kernel launch of ``backend="triton"`` is specialised on its constexprs (the la
 dropout switches, the dots' precision), its arguments' dtypes, and the divisibility by 16 of its
 pointers and of its batch argument (Triton specialises an integer argument that is a multiple of
 16). Each launch is captured as a run would make it (the launch options from
-:func:`brims.backends.fused.launch_options`) by a step forward and backward of a model on the CPU
+:data:`brims.backends.fused.LAUNCH_OPTIONS`) by a step forward and backward of a model on the CPU
 whose launches are recorded instead of run, under each way a run sets torch's float32 matmuls
 (``SETTINGS``), for a batch that is a multiple of 16 and one that is not (``BATCHES``). Launches
 that specialise alike are one *kernel*, compiled once per architecture by ``triton.compile`` for a
@@ -216,7 +216,7 @@ def capture(launches: Launches, overrides: dict[str, int] | None = None) -> list
                 attrs[(index,)] = [["tt.divisibility", 16]]
         for name in constants:
             signature[name] = "constexpr"
-        options = fused.launch_options(kernel.__name__, constants)
+        options = dict(fused.LAUNCH_OPTIONS)
         options.update(overrides or {})
         records.append({"kernel": kernel.__name__, "signature": signature, "constexprs": dict(constants),
                         "attrs": [[list(k), v] for k, v in attrs.items()], "options": options})
@@ -480,8 +480,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every model's launches (default: DEFAULT_LAUNCHES)")
     parser.add_argument("--models", nargs="+", help="only these models' launches")
     parser.add_argument("--archs", nargs="+", type=int, default=list(ARCHS))
-    parser.add_argument("--num-stages", type=int, help="override launch_options' num_stages")
-    parser.add_argument("--num-warps", type=int, help="override launch_options' num_warps")
+    parser.add_argument("--num-stages", type=int, help="override LAUNCH_OPTIONS' num_stages")
+    parser.add_argument("--num-warps", type=int, help="override LAUNCH_OPTIONS' num_warps")
     parser.add_argument("--jobs", type=int, default=1, help="compiles at a time")
     parser.add_argument("--json", type=Path, help="also write every result here")
     parser.add_argument("--from-json", type=Path, nargs="+", default=[],

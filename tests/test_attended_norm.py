@@ -49,6 +49,7 @@ def test_the_cells_read_a_normalised_attended_input(config):
 
 def test_off_the_cells_read_the_attended_input_as_it_is(config):
     attended, read, _ = cell_inputs(build(config), random_input(config, STEPS, BATCH))
+    assert len(read) == len(attended) == STEPS * config.num_layers
     for raw, cell_input in zip(attended, read):
         assert torch.equal(cell_input, raw)
 

@@ -103,7 +103,7 @@ def test_missing_data_leaves_no_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["train", "smnist-cpu", "--run-dir", str(run), "--no-progress", "--set", f"data.data_dir={tmp_path}/none"]
     assert brims(*args) == 2
-    assert "brims fetch mnist" in capsys.readouterr().err
+    assert f"run: brims fetch mnist --data-dir {tmp_path}/none" in capsys.readouterr().err  # fetches where it reads
     assert not (run / "config.yaml").exists()
 
 

@@ -95,7 +95,7 @@ def test_the_activity_figure_draws_an_always_active_module_black(tmp_path, monke
     config = load_config(base={"task": "adding", "data": {"train_length": 5, "test_lengths": [6]},
                                "model": {"embedding_size": 4, "core": core}})
     task = make_task(config)
-    figures_module.plot_module_activity(tmp_path, config, task, task.build_model().eval())
+    figures_module.plot_module_activity(tmp_path, task, task.build_model().eval())
     image = figures[0].axes[2].images[0]
     assert image.get_array().min() == 1  # the module is active at every step
     assert (image.norm.vmin, image.norm.vmax) == (0, 1)  # so it is drawn black

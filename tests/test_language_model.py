@@ -53,7 +53,11 @@ def test_language_model_shapes_and_state(kind):
     tokens = torch.randint(0, 11, (3, 7))
     logits, state = model(tokens)
     assert logits.shape == (3, 7, 11)
-    assert state_from_plain(state_to_plain(state)) is not None
+    plain = state_to_plain(state)
+    assert plain["kind"] == ("lstm" if kind == "lstm" else "brims")
+    more = torch.randint(0, 11, (3, 4))
+    model.eval()
+    torch.testing.assert_close(model(more, state_from_plain(plain))[0], model(more, state)[0], rtol=0, atol=0)
     plain = state_to_plain(detach_state(state))
     assert all(not t.requires_grad for t in plain["h"] + plain["c"])
 

@@ -258,6 +258,24 @@ def test_test_and_compare_commands(smoke_runs, capsys, tmp_path):
     assert plot.read_bytes().startswith(PNG_MAGIC)
 
 
+def test_compare_of_a_run_without_its_log_or_with_foreign_metrics_is_one_message(smoke_runs, capsys, tmp_path):
+    import shutil
+
+    no_log = tmp_path / "no-log"
+    shutil.copytree(smoke_runs["lstm"], no_log, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(no_log / "logs")
+    assert brims("compare", str(smoke_runs["brims"]), str(no_log), "--plot", str(tmp_path / "c.png")) == 2
+    assert f"{no_log} has no logs/metrics.csv" in capsys.readouterr().err
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "metrics.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        brims("compare", str(smoke_runs["brims"]), str(foreign))
+    assert exit_info.value.code == 2
+    assert "not the test metrics of a run" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+
+
 def test_finished_run_is_not_retrained(smoke_runs, capsys):
     before = (smoke_runs["brims"] / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     assert brims("train", str(smoke_runs["brims"]), "--no-progress") == 0

@@ -653,3 +653,17 @@ def test_the_triton_backend_trains_to_the_torch_backends_weights(data_dir, tmp_p
             assert got_metrics[part][condition]["acc"] == result["acc"], condition
             assert got_metrics[part][condition]["loss"] == pytest.approx(result["loss"], rel=1e-4), condition
     assert got_metrics["val_acc"] == expected_metrics["val_acc"]
+
+
+def test_the_set_help_names_exactly_the_fields_a_resume_may_change(capsys):
+    """`brims train --help` builds without the train extra, so it cannot import run_folder's lists:
+    its text is checked against them here."""
+    import re
+
+    from brims_experiments.run_folder import BUDGET_FIELDS, RESUMABLE_FIELDS
+
+    with pytest.raises(SystemExit):
+        brims("train", "--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    on_a_folder = help_text.split("on a run folder", 1)[1].split("--no-progress", 1)[0]
+    assert re.findall(r"\b(?:train|ppo)\.\w+", on_a_folder) == [*RESUMABLE_FIELDS, *BUDGET_FIELDS]

@@ -36,9 +36,8 @@ from brims_experiments.train.commands import add_commands as add_experiment_comm
 
 logger = logging.getLogger(__name__)
 
-GRAD_CLIP = 1.0
 DEMO_BRIMS = {"hidden_sizes": (64, 64), "num_modules": (4, 2), "top_k": (2, 1)}
-DEMO_EMBEDDING = 32  # the one-hot tokens' projection, as in the copying-cpu preset
+DEMO_EMBEDDING = 32  # the one-hot tokens' projection
 # Small enough that learning shows within the one-minute budget on 2 CPU cores.
 COPY_LENGTH, CLASSES, GAP, LEARNING_RATE = 3, 4, 5, 3e-3
 
@@ -213,6 +212,9 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
+    from brims_experiments.train.config import TrainConfig  # imports Lightning: only when the demo runs
+
+    grad_clip = TrainConfig.grad_clip  # the experiments' default
     task = CopyingTaskConfig(gap=args.gap, copy_length=args.copy_length, num_classes=args.classes)
     eval_gap = 4 * args.gap if args.eval_gap is None else args.eval_gap
     model = _build_demo_model(args, parser, task.vocab_size)
@@ -229,7 +231,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     print(f"model: {_describe_model(model)}")
     print(
-        f"training for {args.seconds:g} s: batch {args.batch}, Adam lr {args.lr:g}, gradient clip {GRAD_CLIP:g}, "
+        f"training for {args.seconds:g} s: batch {args.batch}, Adam lr {args.lr:g}, gradient clip {grad_clip:g}, "
         f"seed {args.seed}, torch threads {torch.get_num_threads()}"
     )
     print(f"{'step':>6} {'elapsed':>8} {'train loss':>11} {'symbol CE':>10} {'symbol acc':>11}", flush=True)
@@ -246,7 +248,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             loss = copying_loss(logits, batch.targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             step += 1
             window.append(copying_metrics(logits.detach(), batch.targets, task.copy_length))

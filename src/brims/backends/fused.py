@@ -163,20 +163,18 @@ def _grid(batch: int) -> tuple[int]:
     return ((batch + BLOCK_B - 1) // BLOCK_B,)
 
 
-def launch_options(kernel_name: str, constants: dict[str, Any]) -> dict[str, int]:
-    """``num_warps`` and ``num_stages`` of a launch (benchmarks/triton_aot.py and tests/test_triton_aot.py
-    compile with the same, for sm_80 and sm_90, and check what they get).
-
-    One stage: the kernels' loops are over modules and heads, not software-pipelined matmul loops,
-    and Triton's default of 3 stages multiplied their shared memory past the per-block limit (up to
-    664 KB at the released sizes). Four warps: eight made LLVM abort on sm_90 before the kernels'
-    dots were chunked; they compile now, untimed (docs/speed.md)."""
-    return {"num_warps": 4, "num_stages": 1}
+# ``num_warps`` and ``num_stages`` of every launch (benchmarks/triton_aot.py and
+# tests/test_triton_aot.py compile with the same, for sm_80 and sm_90, and check what they get).
+# One stage: the kernels' loops are over modules and heads, not software-pipelined matmul loops,
+# and Triton's default of 3 stages multiplied their shared memory past the per-block limit (up to
+# 664 KB at the released sizes). Four warps: eight made LLVM abort on sm_90 before the kernels'
+# dots were chunked; they compile now, untimed (docs/speed.md).
+LAUNCH_OPTIONS: dict[str, int] = {"num_warps": 4, "num_stages": 1}
 
 
 def _launch(kernel: Any, batch: int, args: list[Any], constants: dict[str, Any]) -> None:
     """``kernel`` over the batch's programs: every launch of this backend goes through here."""
-    kernel[_grid(batch)](*args, **constants, **launch_options(kernel.__name__, constants))
+    kernel[_grid(batch)](*args, **constants, **LAUNCH_OPTIONS)
 
 
 class StepWeights(NamedTuple):

@@ -12,7 +12,7 @@ operand from memory 16 columns at a time (``_matmul_rows``, ``_matmul_t_rows``; 
 stored first, and a barrier lets every thread read what the others wrote): Triton lowers an fp32
 ``ieee`` ``tl.dot`` to FMAs over whole operand tiles held in registers, and whole 128-wide tiles
 made ptxas spill up to 79 KB a thread at the released sizes (docs/speed.md). The kernels are
-launched with one stage (:func:`brims.backends.fused.launch_options`). ``PRECISION`` is the dots'
+launched with one stage (:data:`brims.backends.fused.LAUNCH_OPTIONS`). ``PRECISION`` is the dots'
 input precision, ``"ieee"`` or ``"tf32"`` (tensor cores), chosen per step by
 :func:`brims.backends.fused.dot_precision` to follow torch's float32 matmul setting and autocast.
 

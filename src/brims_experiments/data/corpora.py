@@ -58,6 +58,7 @@ from brims_experiments.data.store import (
     atomic_write,
     atomic_write_text,
     data_root,
+    fetch_hint,
     sha256_of,
     verified_file,
     write_manifest,
@@ -120,10 +121,6 @@ def corpus_info(name: str) -> CorpusInfo:
     if name not in CORPORA:
         raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
     return CORPORA[name]
-
-
-def fetch_hint(name: str) -> str:
-    return f"brims fetch {name}"
 
 
 # ---- raw files -> documents (lists of lines) ------------------------------------------------
@@ -397,7 +394,7 @@ class TextCorpus:
 def load_vocabulary(name: str, root: str | Path | None = None) -> Vocabulary:
     """The verified vocabulary of a prepared corpus."""
     corpus_info(name)
-    path = verified_file(data_root(root) / name, VOCAB_FILE, fetch_hint(name))
+    path = verified_file(data_root(root) / name, VOCAB_FILE, fetch_hint(name, root))
     return Vocabulary.from_json(path.read_text(encoding="utf-8"), str(path))
 
 
@@ -412,19 +409,19 @@ def load_corpus(name: str, root: str | Path | None = None) -> TextCorpus:
     vocab = load_vocabulary(name, root)
     if vocab.level != info.level:
         raise DataCorruptError(f"{name}: vocabulary is {vocab.level} level, expected {info.level}; "
-                               f"rerun: {fetch_hint(name)}")
+                               f"rerun: {fetch_hint(name, root)}")
     streams = {}
     for split in SPLITS:
-        path = verified_file(data_root(root) / name, f"{split}.pt", fetch_hint(name))
+        path = verified_file(data_root(root) / name, f"{split}.pt", fetch_hint(name, root))
         try:
             ids = torch.load(path, weights_only=True)
         except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-            raise DataCorruptError(f"{path}: unreadable split file ({error}); rerun: {fetch_hint(name)}") from None
+            raise DataCorruptError(f"{path}: unreadable split file ({error}); rerun: {fetch_hint(name, root)}") from None
         if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.is_floating_point():
-            raise DataCorruptError(f"{path}: expected 1-D integer token ids; rerun: {fetch_hint(name)}")
+            raise DataCorruptError(f"{path}: expected 1-D integer token ids; rerun: {fetch_hint(name, root)}")
         ids = ids.long()
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(vocab)):
-            raise DataCorruptError(f"{path}: ids outside the vocabulary of {len(vocab)}; rerun: {fetch_hint(name)}")
+            raise DataCorruptError(f"{path}: ids outside the vocabulary of {len(vocab)}; rerun: {fetch_hint(name, root)}")
         streams[split] = ids
     return TextCorpus(name, info.level, vocab, **streams)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from brims_experiments.data.corpora import CORPORA, fetch_corpus
 from brims_experiments.data.formats import read_cifar_batch, read_idx
-from brims_experiments.data.images import ImageSplit, save_image_dataset
+from brims_experiments.data.images import IMAGE_DATASETS, ImageSplit, save_image_dataset
 from brims_experiments.data.packages import debian_package, find_file, run_tool
 from brims_experiments.data.store import DataCorruptError, DataError, DataMissingError
 
@@ -173,5 +173,5 @@ def fetch(name: str, root: Path | None = None, source: Path | None = None, verif
         return fetch_cifar10(source, root, verify)
     if name in CORPORA:
         return fetch_corpus(name, root)
-    raise ValueError(f"unknown data set {name!r}; choose one of mnist, fashion-mnist, cifar10, {', '.join(CORPORA)}")
+    raise ValueError(f"unknown data set {name!r}; choose one of {', '.join([*IMAGE_DATASETS, *CORPORA])}")
 

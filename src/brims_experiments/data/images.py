@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from brims_experiments.data.store import DataCorruptError, atomic_write, data_root, verified_file, write_manifest
+from brims_experiments.data.store import fetch_hint as store_fetch_hint
 
 
 @dataclass(frozen=True)
@@ -49,10 +50,10 @@ class ImageSplit:
         return self.labels.shape[0]
 
 
-def fetch_hint(name: str) -> str:
-    if name == "cifar10":
-        return "brims fetch cifar10 --source <folder holding cifar-10-batches-py or cifar-10-python.tar.gz>"
-    return f"brims fetch {name}"
+def fetch_hint(name: str, root: Path | str | None = None) -> str:
+    """The ``brims fetch`` command of an image set (CIFAR-10 needs its own archive)."""
+    source = "<folder holding cifar-10-batches-py or cifar-10-python.tar.gz>" if name == "cifar10" else None
+    return store_fetch_hint(name, root, source)
 
 
 def _check_name(name: str) -> ImageDatasetInfo:
@@ -82,9 +83,9 @@ def load_image_split(name: str, split: str, root: Path | str | None = None) -> I
     _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    path = verified_file(data_root(root) / name, f"{split}.pt", fetch_hint(name))
+    path = verified_file(data_root(root) / name, f"{split}.pt", fetch_hint(name, root))
     try:
         payload = torch.load(path, weights_only=True)
         return ImageSplit(payload["images"], payload["labels"])
     except (RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as error:
-        raise DataCorruptError(f"{path}: unreadable split file ({error}); rerun: {fetch_hint(name)}") from None
+        raise DataCorruptError(f"{path}: unreadable split file ({error}); rerun: {fetch_hint(name, root)}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,13 @@ def data_root(override: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "brims" / "data"
+
+
+def fetch_hint(name: str, root: str | os.PathLike[str] | None = None, source: str | None = None) -> str:
+    """The ``brims fetch`` command that prepares ``name`` under ``root`` (None: the default data
+    root), with ``--source`` where the data set needs one."""
+    command = f"brims fetch {name}" + (f" --source {source}" if source else "")
+    return command + (f" --data-dir {shlex.quote(str(root))}" if root is not None else "")
 
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
@@ -88,28 +96,28 @@ def write_manifest(folder: Path, files: list[str], meta: dict | None = None) -> 
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
 
 
-def verified_file(folder: Path, name: str, fetch_hint: str) -> Path:
+def verified_file(folder: Path, name: str, hint: str) -> Path:
     """``folder/name`` after checking it against the folder's manifest.
 
     Raises:
-        DataMissingError: the folder or its manifest is missing (with ``fetch_hint``).
+        DataMissingError: the folder or its manifest is missing (with ``hint``).
         DataCorruptError: the file is missing, truncated or altered.
     """
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise DataMissingError(f"no prepared data in {folder}; run: {fetch_hint}")
+        raise DataMissingError(f"no prepared data in {folder}; run: {hint}")
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["files"][name]
     except (ValueError, KeyError, TypeError) as error:
-        raise DataCorruptError(f"{manifest_path} is unreadable or lacks {name!r} ({error}); rerun: {fetch_hint}")
+        raise DataCorruptError(f"{manifest_path} is unreadable or lacks {name!r} ({error}); rerun: {hint}")
     path = folder / name
     if not path.is_file():
-        raise DataCorruptError(f"{path} is missing although the manifest lists it; rerun: {fetch_hint}")
+        raise DataCorruptError(f"{path} is missing although the manifest lists it; rerun: {hint}")
     actual = sha256_of(path)
     if actual != expected:
         raise DataCorruptError(
             f"{path} is corrupted or truncated: sha256 {actual[:16]}..., expected {expected[:16]}...; "
-            f"rerun: {fetch_hint}"
+            f"rerun: {hint}"
         )
     return path

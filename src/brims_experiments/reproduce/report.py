@@ -294,7 +294,7 @@ def verdict_word(judged: str) -> str:
     return next((word.strip() for word in VERDICT_WORDS if judged.startswith(word)), judged)
 
 
-def experiment_table(suite: Suite, experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
+def experiment_table(experiment: Experiment, found: dict[str, list[RunResult]]) -> str:
     """Markdown: one row per model (seeds, steps, parameters, each condition's mean ± 95% interval)
     of the runs ``found`` (:func:`load_results`), then each claim with its verdict."""
     table = estimates(found, experiment)
@@ -591,7 +591,7 @@ def readme_block(suite: Suite, results: Path) -> str:
         parts.append(f"**{experiment.name}** (`{experiment.preset}`" + (f" {' '.join(experiment.overrides)}"
                                                                          if experiment.overrides else "") + ")")
         parts.append("")
-        parts.append(experiment_table(suite, experiment, load_results(results, experiment)))
+        parts.append(experiment_table(experiment, load_results(results, experiment)))
         parts.append("")
     parts += verdict_summary(suite, results)
     return "\n".join(parts).rstrip() + "\n"
@@ -676,7 +676,7 @@ def write_report(suite: Suite, results: Path) -> Path:
         lines += [f"## {experiment.name}", ""]
         if experiment.note:
             lines += [experiment.note, ""]
-        lines += [experiment_table(suite, experiment, found), ""]
+        lines += [experiment_table(experiment, found), ""]
         for kind, plot in (("learning", plot_learning_curves), ("generalisation", plot_generalisation),
                            ("by_step", plot_by_step)):
             figure = plot(experiment, found, results / experiment.name / f"{kind}.png")

@@ -289,8 +289,8 @@ def fetches_needed(runs: list[PlannedRun], states: dict[str, str]) -> list[str]:
     """The ``brims fetch`` commands the runs that are not finished need first, one per data set they
     read that is not prepared under its data root (``data.data_dir``, else ``$BRIMS_DATA`` or
     ``~/.cache/brims/data``): prepared means its folder has the manifest that ``brims fetch`` writes last."""
-    from brims_experiments.data import corpora, images
-    from brims_experiments.data.store import MANIFEST, data_root
+    from brims_experiments.data import images
+    from brims_experiments.data.store import MANIFEST, data_root, fetch_hint
 
     commands = []
     for run in runs:
@@ -298,9 +298,7 @@ def fetches_needed(runs: list[PlannedRun], states: dict[str, str]) -> list[str]:
         if found is None or (data_root(found[1]) / found[0] / MANIFEST).is_file():
             continue
         name, data_dir = found
-        command = images.fetch_hint(name) if name in images.IMAGE_DATASETS else corpora.fetch_hint(name)
-        if data_dir is not None:
-            command += f" --data-dir {shlex.quote(str(data_dir))}"
+        command = images.fetch_hint(name, data_dir) if name in images.IMAGE_DATASETS else fetch_hint(name, data_dir)
         if command not in commands:
             commands.append(command)
     return commands

@@ -233,17 +233,21 @@ def summary(checkpoint_path: Path) -> dict[str, Any]:
 
 
 def evaluate(agent: RecurrentActorCritic, config: RLConfig, episodes: int, device: torch.device,
-             seed: int = EVAL_SEED) -> list[float]:
-    """Returns of ``episodes`` full episodes of the (sampling) policy on freshly seeded environments.
+             seed: int = EVAL_SEED, progress: bool = False) -> list[float]:
+    """Returns of ``episodes`` full episodes of the (sampling) policy on freshly seeded environments
+    (``progress``: a bar over the episodes).
 
     Each environment plays a fixed quota of episodes one after another: counting whichever
     episodes end first would favour short ones.
     """
+    from tqdm.auto import tqdm
+
     count = min(episodes, config.env.num_envs)
     quota = np.array([episodes // count + (i < episodes % count) for i in range(count)])
     played = np.zeros(count, dtype=np.int64)
     returns: list[float] = []
     envs = make_vector_env(config.env, count)
+    bar = tqdm(total=episodes, disable=not progress, unit="episode", dynamic_ncols=True)
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -259,11 +263,13 @@ def evaluate(agent: RecurrentActorCritic, config: RLConfig, episodes: int, devic
                 done = terminated | truncated
                 for row in np.flatnonzero(done & (played < quota)):
                     returns.append(float(collector.running_return[row]))
+                    bar.update()
                 played += done
                 collector.running_return[done] = 0.0
                 collector.obs = torch.as_tensor(obs, device=device)
                 collector.starts = torch.as_tensor(done, device=device)
     finally:
+        bar.close()
         envs.close()
         torch.set_rng_state(generator_state)
     return returns
@@ -292,7 +298,8 @@ def load_agent(path: str | Path, device: torch.device | None = None) -> tuple[RL
 
 def test(path: str | Path, device: str | None = None, episodes: int | None = None,
          progress: bool = True, out: str | Path | None = None, lock: bool = True) -> dict[str, Any]:
-    """Play the saved policy for ``episodes`` (default ``train.eval_episodes``); write ``metrics.json``
+    """Play the saved policy for ``episodes`` (default ``train.eval_episodes``, with a progress bar
+    unless ``progress=False``); write ``metrics.json``
     to ``out`` or the run folder (:func:`brims_experiments.run_folder.results_folder`), holding that folder's
     lock (``lock=False``: the caller holds it)."""
     path = Path(path)
@@ -300,15 +307,15 @@ def test(path: str | Path, device: str | None = None, episodes: int | None = Non
         raise ConfigError(f"{path}: no such run folder or checkpoint")
     folder = results_folder(path, out)
     with RunFolderLock(folder) if lock else contextlib.nullcontext():
-        return _test_into(path, folder, device, episodes)
+        return _test_into(path, folder, device, episodes, progress)
 
 
-def _test_into(path: Path, folder: Path, device: str | None, episodes: int | None) -> dict[str, Any]:
+def _test_into(path: Path, folder: Path, device: str | None, episodes: int | None, progress: bool) -> dict[str, Any]:
     config, agent, checkpoint_path = load_agent(path, check_device(device, "--device") if device else None)
     torch_device = next(agent.parameters()).device
     count = episodes or config.train.eval_episodes
     started = time.perf_counter()
-    returns = evaluate(agent, config, count, torch_device)
+    returns = evaluate(agent, config, count, torch_device, progress=progress)
     metrics = {
         **summary(checkpoint_path),
         "checkpoint": str(checkpoint_path),
@@ -335,6 +342,8 @@ def read_curve(run_dir: Path) -> list[dict[str, float]]:
         with open(run_dir / LEGACY_CURVE_FILE, newline="") as handle:
             rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
         return [{STEPS_COLUMN: row.pop("env_steps"), **row} for row in rows]
+    if not (run_dir / CURVE_FILE).is_file():
+        raise ConfigError(f"{run_dir} has no {CURVE_FILE}: not an RL run folder with its training log")
     with open(run_dir / CURVE_FILE, newline="") as handle:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(handle)]
 

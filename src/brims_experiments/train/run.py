@@ -385,7 +385,7 @@ def _test_into(path: Path, folder: Path, torch_device: torch.device, progress: b
     if train_time.is_file():
         metrics["train"] = read_json(train_time, "the run's training time")
     atomic_write_text(folder / METRICS_FILE, json.dumps(metrics, indent=2))
-    plots.plot_run(folder, config, task, model, metrics)
+    plots.plot_run(folder, task, model, metrics)
     metrics["written_to"] = str(folder)
     return metrics
 
