@@ -648,3 +648,25 @@ def test_collect_replaces_a_results_folder_whole_and_a_failed_swap_keeps_the_ear
     assert sorted(str(p.relative_to(result_dir)) for p in result_dir.rglob("*") if p.is_file()) == [
         "config.yaml", "figure.png", "logs/metrics.csv", "metrics.json", "train_time.json"]
     assert json.loads((result_dir / "metrics.json").read_text()) == {"checkpoint": "best.ckpt", "v": 2}
+
+
+def _record_many(results: str, worker: int, count: int) -> None:
+    from brims_experiments.reproduce.runner import record_session
+
+    for index in range(count):
+        record_session(Path(results), {"started_at": f"{worker}-{index}", "runs": []})
+
+
+def test_sessions_recorded_at_once_by_several_processes_are_all_kept(tmp_path):
+    """Two `brims reproduce` of one suite (one per core) share suite.json: no record is lost."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_record_many, args=(str(tmp_path), worker, 40)) for worker in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+        assert process.exitcode == 0
+    recorded = json.loads((tmp_path / "suite.json").read_text())["sessions"]
+    assert sorted(s["started_at"] for s in recorded) == sorted(f"{w}-{i}" for w in range(4) for i in range(40))

@@ -11,6 +11,7 @@ config counts as finished too (a suite continued on another machine).
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
 import logging
@@ -263,18 +264,22 @@ def record_session(results: Path, session: dict[str, Any]) -> None:
     wall times), replacing its earlier record (the same start) in place or appending it; an
     unreadable record is refused with a ConfigError that names it."""
     path = results / SUITE_RECORD
-    try:
-        sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
-    except (ValueError, KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is not a suite record ({error}): mend it, or move it away to start a new "
-                          "record") from None
-    starts = [s.get("started_at") for s in sessions]
-    if session["started_at"] in starts:  # this session's earlier record: replace it where it stands
-        sessions[starts.index(session["started_at"])] = session
-    else:
-        sessions.append(session)
     results.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
+    # Two `brims reproduce` of one suite (say, one per core) record into the same file: each reads,
+    # changes and writes it holding this lock, so that neither drops the other's record.
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            sessions = json.loads(path.read_text())["sessions"] if path.is_file() else []
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{path} is not a suite record ({error}): mend it, or move it away to start a new "
+                              "record") from None
+        starts = [s.get("started_at") for s in sessions]
+        if session["started_at"] in starts:  # this session's earlier record: replace it where it stands
+            sessions[starts.index(session["started_at"])] = session
+        else:
+            sessions.append(session)
+        atomic_write_text(path, json.dumps({"sessions": sessions}, indent=2) + "\n")
 
 
 def data_of(config: Any) -> tuple[str, str | None] | None:
