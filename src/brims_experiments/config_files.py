@@ -109,6 +109,16 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_YAMLLoader)
 
 
+def declared_task(path: Path) -> str | None:
+    """The ``task`` the YAML file at ``path`` names, without validating it; None if it names none or
+    cannot be read (the experiment's loader then says why)."""
+    try:
+        loaded = load_yaml(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return loaded.get("task") if isinstance(loaded, dict) else None
+
+
 def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     """``["train.epochs=3", "model.core.kind=lstm"]`` → nested dict (values parsed as YAML).
 

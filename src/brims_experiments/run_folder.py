@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from brims_experiments.checkpoints import FORMAT_KEY
 from brims_experiments.compile_cache import CACHE_ENV
-from brims_experiments.config_files import ConfigError, load_yaml, require
+from brims_experiments.config_files import ConfigError, declared_task, require
 from brims_experiments.data.store import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -41,11 +40,7 @@ def check_run_dir(run_dir: Path, config: Any, load: Callable[[Path], Any]) -> An
     if not saved.is_file():
         return None
     if config is not None:
-        try:
-            held = load_yaml(saved.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
-            held = None  # ``load`` says what is wrong with the file
-        held_task = held.get("task") if isinstance(held, dict) else None
+        held_task = declared_task(saved)  # None for an unreadable file: ``load`` says what is wrong with it
         if held_task is not None and held_task != config.task:
             raise ConfigError(f"{run_dir} holds a run of task {held_task}, not {config.task}: "
                               "choose another --run-dir")

@@ -42,9 +42,7 @@ def task_of(path: str | Path) -> str | None:
     """The ``task`` a YAML config names, without validating it: a run folder's ``config.yaml``, and
     for a ``.ckpt`` file that of the run folder whose ``checkpoints/`` holds it; None if none is named
     (or the file cannot be read: the experiment's loader then says why)."""
-    import yaml
-
-    from brims_experiments.config_files import load_yaml
+    from brims_experiments.config_files import declared_task
     from brims_experiments.run_folder import CONFIG_FILE
 
     path = Path(path)
@@ -52,13 +50,7 @@ def task_of(path: str | Path) -> str | None:
         path = path.parent.parent
     if path.is_dir():
         path = path / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        loaded = load_yaml(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        return None
-    return loaded.get("task") if isinstance(loaded, dict) else None
+    return declared_task(path) if path.is_file() else None
 
 
 def experiment_of(path: str | Path) -> type[Experiment]:

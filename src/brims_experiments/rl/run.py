@@ -125,9 +125,10 @@ def train(run_dir: str | Path, config: RLConfig | None = None, progress: bool = 
     run_dir = Path(run_dir)
     if config is None:
         config = prepare_run_dir(run_dir, None, load_rl_config)  # resume with the folder's own config
+    else:
+        check_run_dir(run_dir, config, load_rl_config)  # a folder of another run, before anything is built
     # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
     # nothing that blocks the corrected command.
-    check_run_dir(run_dir, config, load_rl_config)  # a folder of another run
     spaces = env_spaces(config.env)  # unknown id or unsupported spaces
     device = check_device(config.train.device, "train.device")
     config.model.core.check_device(device.type, "train.device=cuda")

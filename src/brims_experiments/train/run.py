@@ -228,9 +228,10 @@ def train(run_dir: str | Path, config: ExperimentConfig | None = None, progress:
     run_dir = Path(run_dir)
     if config is None:
         config = prepare_run_dir(run_dir, None, load_config)  # resume with the folder's own config
+    else:
+        check_run_dir(run_dir, config, load_config)  # a folder of another run, before anything is built
     # Everything that can refuse the start, before the folder becomes a run: a failed start leaves
     # nothing that blocks the corrected command.
-    check_run_dir(run_dir, config, load_config)  # a folder of another run
     task = make_task(config)  # the run's one task: the module, the trainer and the test use it
     task.check_data()  # missing or corrupted data
     asks_gpu = config.train.accelerator in ("gpu", "cuda")
