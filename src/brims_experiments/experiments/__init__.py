@@ -50,7 +50,7 @@ def task_of(path: str | Path) -> str | None:
         path = path.parent.parent
     if path.is_dir():
         path = path / CONFIG_FILE
-    return declared_task(path) if path.is_file() else None
+    return declared_task(path)  # None for a missing or unreadable file too
 
 
 def experiment_of(path: str | Path) -> type[Experiment]:
